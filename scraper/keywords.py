@@ -1,0 +1,166 @@
+"""Weak labels from shop text: keyword rules (``configs/keywords.yaml``) → 13 attributes + not_footwear.
+
+Each rule lists regex patterns (matched case-insensitively at the start of a word, so the stem
+``сапог`` matches ``сапоги``) and the values the rule implies. Matching is done per text field:
+
+1. Within one field a match lying inside a longer match is dropped ("резиновые сапоги" hides
+   "сапоги", "shoe covers" hides "shoe").
+2. Rules fired by the category (breadcrumbs) and the title are merged: where they disagree on an
+   attribute it becomes 0.5. The description only fills attributes the category and title left open.
+3. The four heights are exclusive: one height at 1 sets the others to 0.
+4. Unless ``not_footwear`` is 0 every attribute is 0.5 (nothing can be said of a sock's vamp).
+
+A label that stays 0.5 everywhere says nothing; callers drop such photos.
+"""
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from shoeclass.attributes import ATTRIBUTE_KEYS, HEIGHT_KEYS, MASK, NOT_FOOTWEAR, OUTPUT_KEYS
+
+__all__ = ["Rule", "Labelling", "KeywordRules", "normalise_text", "default_keywords_path"]
+
+logger = logging.getLogger(__name__)
+NF = NOT_FOOTWEAR.key
+
+
+def normalise_text(text: str) -> str:
+    """Lower case, ё → е, separators (- _ / > | , ;) → space, single spaces."""
+    text = text.lower().replace("ё", "е")
+    text = re.sub(r"[-_/>|,;:()\"«»]+", " ", text)
+    return re.sub(r"\s+", " ", text).strip()
+
+
+def default_keywords_path() -> Path:
+    """``configs/keywords.yaml`` in the working directory, else beside the package."""
+    here = Path("configs/keywords.yaml")
+    return here if here.is_file() else Path(__file__).resolve().parents[1] / "configs" / "keywords.yaml"
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One keyword rule: any pattern fires it; ``values`` maps output keys to 0 / 1."""
+
+    name: str
+    patterns: tuple[re.Pattern[str], ...]
+    values: dict[str, float]
+
+
+@dataclass(frozen=True)
+class Labelling:
+    """The 14 values (``OUTPUT_KEYS``) and the rules that fired, for provenance."""
+
+    values: dict[str, float]
+    rules: tuple[str, ...]
+
+    @property
+    def informative(self) -> bool:
+        """True when at least one value is not the 0.5 mask."""
+        return any(v != MASK for v in self.values.values())
+
+
+@dataclass(frozen=True)
+class _Match:
+    rule: Rule
+    start: int
+    end: int
+
+
+class KeywordRules:
+    """A list of rules; ``label(category, title, description)`` gives one ``Labelling``."""
+
+    def __init__(self, rules: list[Rule]) -> None:
+        self.rules = rules
+
+    @classmethod
+    def from_yaml(cls, path: str | Path | None = None) -> "KeywordRules":
+        """Load rules; ``path`` defaults to ``default_keywords_path()``.
+
+        Raises:
+            ValueError: an unknown output key, a value other than 0 / 0.5 / 1, a bad regex or a
+                duplicate rule name; the message names the file and the rule.
+        """
+        path = Path(path) if path else default_keywords_path()
+        with path.open(encoding="utf-8") as fh:
+            raw = yaml.safe_load(fh) or {}
+        rules: list[Rule] = []
+        seen: set[str] = set()
+        for i, r in enumerate(raw.get("rules") or []):
+            name = str(r.get("name") or f"rule{i}")
+            where = f"{path}: rule {name!r}"
+            if name in seen:
+                raise ValueError(f"{where}: duplicate name")
+            seen.add(name)
+            values = {str(k): float(v) for k, v in (r.get("set") or {}).items()}
+            bad_keys = sorted(set(values) - set(OUTPUT_KEYS))
+            if bad_keys:
+                raise ValueError(f"{where}: unknown key(s) {bad_keys}; allowed: {list(OUTPUT_KEYS)}")
+            bad_vals = {k: v for k, v in values.items() if v not in (0.0, MASK, 1.0)}
+            if bad_vals:
+                raise ValueError(f"{where}: values must be 0, 0.5 or 1, got {bad_vals}")
+            words = r.get("match") or []
+            if not words:
+                raise ValueError(f"{where}: 'match' lists no patterns")
+            try:
+                patterns = tuple(re.compile(r"(?<!\w)" + _normalise_pattern(str(w)), re.IGNORECASE)
+                                 for w in words)
+            except re.error as exc:
+                raise ValueError(f"{where}: bad pattern: {exc}") from exc
+            rules.append(Rule(name, patterns, {k: v for k, v in values.items() if v != MASK}))
+        if not rules:
+            raise ValueError(f"{path}: no rules")
+        logger.debug("loaded %d keyword rules from %s", len(rules), path)
+        return cls(rules)
+
+    def matches(self, text: str) -> list[_Match]:
+        """Rule matches in one field, matches nested inside longer ones removed."""
+        text = normalise_text(text)
+        found = [_Match(rule, m.start(), m.end()) for rule in self.rules for p in rule.patterns
+                 for m in p.finditer(text)]
+        return [m for m in found
+                if not any(o.start <= m.start and m.end <= o.end and (o.end - o.start) > (m.end - m.start)
+                           for o in found)]
+
+    def label(self, category: str = "", title: str = "", description: str = "") -> Labelling:
+        """Labels for one product from its texts (see the module docstring for the precedence)."""
+        primary = self.matches(category) + self.matches(title)
+        secondary = self.matches(description)
+        decided, conflicted = _merge(primary)
+        extra, _ = _merge(secondary)
+        for k, v in extra.items():
+            if k not in decided and k not in conflicted:
+                decided[k] = v
+        values = {k: decided.get(k, MASK) for k in OUTPUT_KEYS}
+        ones = [k for k in HEIGHT_KEYS if values[k] == 1.0]
+        if len(ones) == 1:
+            values.update({k: 0.0 for k in HEIGHT_KEYS if k != ones[0]})
+        elif len(ones) > 1:
+            values.update({k: MASK for k in ones})
+        if values[NF] != 0.0:
+            values.update({k: MASK for k in ATTRIBUTE_KEYS})
+        fired = tuple(dict.fromkeys(m.rule.name for m in primary + secondary))
+        return Labelling(values, fired)
+
+
+def _normalise_pattern(word: str) -> str:
+    # The text's folding, leaving regex syntax alone: ё → е; a hyphen between letters → space
+    # (so "over-the-knee" matches the normalised text). Case is handled by re.IGNORECASE.
+    return re.sub(r"(?<=\w)-(?=\w)", " ", word.replace("ё", "е").replace("Ё", "Е"))
+
+
+def _merge(matches: list[_Match]) -> tuple[dict[str, float], set[str]]:
+    decided: dict[str, float] = {}
+    conflicted: set[str] = set()
+    for m in matches:
+        for k, v in m.rule.values.items():
+            if k in decided and decided[k] != v:
+                conflicted.add(k)
+            decided.setdefault(k, v)
+    for k in conflicted:
+        decided.pop(k)
+    return decided, conflicted

@@ -1,0 +1,121 @@
+"""Public entry point: ``classify_images`` and the ``Classifier`` that holds a loaded model.
+
+Flow: photo -> tensor (data.EvalPreset) -> trunk -> 14 heads (+ gate, suitability) ->
+calibration -> clusters -> fusion of the M photos -> tariff rules -> ItemResult.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .checkpoint import load_checkpoint, resolve_path
+from .data import EvalPreset
+from .images import ImageError, ImageInput, describe_source, load_image
+from .result import ItemResult, PhotoResult
+from .runtime import autocast, prepare_for_inference
+
+__all__ = ["Classifier", "classify_images"]
+
+logger = logging.getLogger(__name__)
+
+
+class Classifier:
+    """A loaded model, ready to classify items; thread-safe for concurrent ``classify`` calls.
+
+    Args:
+        model: a model folder (None: the shipped default in weights/default).
+        bf16: bf16 autocast on the CPU; None chooses it when the CPU supports bf16 natively.
+        batch_size: photos per trunk pass.
+    """
+
+    def __init__(self, model: str | Path | None = None, bf16: bool | None = None, batch_size: int = 32) -> None:
+        self.path = resolve_path(model)
+        self.net, self.meta = load_checkpoint(self.path)
+        prepare_for_inference(self.net)
+        self.preset = EvalPreset(self.meta["backbone"])
+        self.bf16, self.batch_size = bf16, batch_size
+        self.thresholds = np.asarray(self.meta.get("thresholds") or [0.5] * 14, dtype=np.float64)
+        self.info = {"name": self.path.name, "backbone": self.meta["backbone"], "sha256": self.meta["sha256"]}
+
+    def predict_tensors(self, x: torch.Tensor) -> dict[str, np.ndarray]:
+        """Raw outputs for a (B, 3, 224, 224) batch: ``probs`` (B, 14) and optional extras."""
+        outs: dict[str, list] = {}
+        with torch.inference_mode(), autocast(self.bf16):
+            for chunk in x.split(self.batch_size):
+                for k, v in self.net(chunk.contiguous(memory_format=torch.channels_last)).items():
+                    outs.setdefault(k, []).append(v.float().numpy())
+        res = {k: np.concatenate(v) for k, v in outs.items()}
+        res["probs"] = 1 / (1 + np.exp(-res.pop("logits")))  # (B, 14)
+        if "suitability" in res:
+            res["suitability"] = 1 / (1 + np.exp(-res["suitability"]))
+        return res
+
+    def classify(self, images: ImageInput | Sequence[ImageInput]) -> ItemResult:
+        """Classify the M photos of one item; unreadable photos get an error, the rest go on."""
+        photos: list[PhotoResult] = []
+        tensors: list[torch.Tensor] = []
+        for i, src in enumerate(_as_list(images)):
+            name = describe_source(src, i)
+            try:
+                tensors.append(self.preset(load_image(src, name)))
+                photos.append(PhotoResult(name))
+            except ImageError as exc:
+                logger.warning("%s", exc)
+                photos.append(PhotoResult(name, error=str(exc)))
+        ok = [p for p in photos if p.error is None]
+        if not ok:
+            return ItemResult(photos, None, self.thresholds, model=self.info)
+        out = self.predict_tensors(torch.stack(tensors))  # (M, 14) per-photo matrix
+        for j, p in enumerate(ok):
+            p.probs = out["probs"][j]
+            if "suitability" in out:
+                p.suitability = out["suitability"][j]
+        fused = self.fuse(out["probs"], out.get("suitability"))
+        return ItemResult(photos, fused, self.thresholds, model=self.info)
+
+    def fuse(self, probs: np.ndarray, suitability: np.ndarray | None = None) -> np.ndarray:
+        """(M, 14) -> (14,): one estimate per output for the item (mean over the photos)."""
+        return probs.mean(0)
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_classifier(path: str | None, bf16: bool | None) -> Classifier:
+    return Classifier(path, bf16=bf16)
+
+
+def _as_list(images) -> list:
+    if isinstance(images, (str, Path, bytes, bytearray, np.ndarray)) or hasattr(images, "getbands"):
+        return [images]
+    if isinstance(images, Iterable):
+        return list(images)
+    return [images]
+
+
+def classify_images(images: ImageInput | Sequence[ImageInput], model: str | Path | Classifier | None = None,
+                    *, bf16: bool | None = None) -> ItemResult:
+    """Classify the photos of one footwear item.
+
+    Args:
+        images: one photo or the M photos of one item: file paths, encoded bytes, PIL images or
+            uint8 numpy arrays, in any mix.
+        model: a model folder, a loaded :class:`Classifier`, or None for the shipped default.
+        bf16: force bf16 (True) or fp32 (False); None picks bf16 where the CPU supports it.
+
+    Returns:
+        An :class:`ItemResult`; ``result.to_dict()["attributes"]`` maps every attribute key to
+        the item's probability, ``result.to_dict()["photos"][i]`` holds photo i's own values or
+        its error.
+
+    Example:
+        >>> from shoeclass import classify_images
+        >>> r = classify_images(["examples/boot_side.jpg", "examples/boot_sole.jpg"])
+        >>> r.to_dict()["attributes"]["height_knee"]
+    """
+    clf = model if isinstance(model, Classifier) else _cached_classifier(
+        str(model) if model is not None else None, bf16)
+    return clf.classify(images)

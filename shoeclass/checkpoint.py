@@ -1,0 +1,127 @@
+"""Model files: ``model.safetensors`` plus ``model.json`` metadata, loaded safely and offline.
+
+The metadata is the model card: attributes, backbone, trunk weights and their checksum,
+preprocessing, calibration, clusters, fusion parameters, training data summary, measured metrics
+and the sha256 of the tensor file. Loading refuses a tensor file whose checksum does not match, a
+pickle where safetensors is expected, and metadata for a different attribute list.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import asdict
+from pathlib import Path
+
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .attributes import OUTPUT_KEYS
+from .models import ModelConfig, ShoeNet, build_model
+
+__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "read_metadata", "resolve_path", "DEFAULT_MODEL"]
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+TENSORS, METADATA = "model.safetensors", "model.json"
+DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "weights" / "default"
+
+
+class CheckpointError(ValueError):
+    """A model file that must not be loaded; the message says why and how to fix it."""
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def resolve_path(path: str | Path | None) -> Path:
+    """The model folder for ``path`` (a folder, its model.json or model.safetensors; None = default)."""
+    path = Path(path) if path is not None else DEFAULT_MODEL
+    if path.is_file():
+        path = path.parent
+    if not (path / METADATA).is_file():
+        raise CheckpointError(f"{path}: no {METADATA} here. A shoeclass model is a folder holding "
+                              f"{TENSORS} and {METADATA}, as written by `shoeclass train`.")
+    return path
+
+
+def save_checkpoint(model: ShoeNet, folder: str | Path, meta: dict) -> Path:
+    """Write the trainable tensors (the heads; the whole net for lenet) and the metadata.
+
+    A frozen ImageNet trunk is not stored: it comes from its installed package or file, and the
+    metadata records its checksum so a different trunk is refused at load time.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = model.state_dict() if model.cfg.backbone == "lenet" else {
+        f"heads.{k}": v for k, v in model.heads.state_dict().items()}
+    tmp = folder / (TENSORS + ".tmp")
+    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp))
+    tmp.replace(folder / TENSORS)
+    meta = dict(meta, format_version=FORMAT_VERSION, attributes=list(OUTPUT_KEYS),
+                model=asdict(model.cfg), sha256=_sha256(folder / TENSORS))
+    tmp = folder / (METADATA + ".tmp")
+    tmp.write_text(json.dumps(meta, indent=2, ensure_ascii=False))
+    tmp.replace(folder / METADATA)  # metadata last: a folder never holds a checksum of other tensors
+    return folder
+
+
+def read_metadata(path: str | Path | None = None) -> dict:
+    """The metadata of a model folder, checked for format and attribute list."""
+    folder = resolve_path(path)
+    try:
+        meta = json.loads((folder / METADATA).read_text())
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{folder / METADATA}: not valid JSON ({exc})") from exc
+    if meta.get("attributes") != list(OUTPUT_KEYS):
+        raise CheckpointError(
+            f"{folder / METADATA}: the model predicts {meta.get('attributes')}, this shoeclass expects "
+            f"{list(OUTPUT_KEYS)}; retrain with `shoeclass train` or use a matching shoeclass version")
+    return meta
+
+
+def load_checkpoint(path: str | Path | None = None, trunk_weights: str | None = "imagenet") -> tuple[ShoeNet, dict]:
+    """Load a model folder with no network access.
+
+    Args:
+        path: a model folder (None: the shipped default model).
+        trunk_weights: where a frozen trunk's ImageNet weights come from (see ``build_trunk``).
+
+    Raises:
+        CheckpointError: checksum mismatch, not a safetensors file, other attribute list,
+            or trunk weights that differ from those the heads were trained on.
+    """
+    from .features import state_checksum
+
+    folder = resolve_path(path)
+    meta = read_metadata(folder)
+    tensors = folder / TENSORS
+    if not tensors.is_file():
+        raise CheckpointError(f"{tensors}: missing; copy the whole model folder")
+    if _sha256(tensors) != meta.get("sha256"):
+        raise CheckpointError(f"{tensors}: sha256 does not match {METADATA}; the file is corrupt or was "
+                              "replaced. Copy the model folder again from its source.")
+    try:
+        state = load_file(str(tensors))
+    except (SafetensorError, OSError) as exc:
+        raise CheckpointError(f"{tensors}: not a safetensors file ({exc}). shoeclass never unpickles "
+                              "model files; convert with safetensors.torch.save_file.") from exc
+    cfg = ModelConfig(**meta["model"])
+    model = build_model(cfg, weights=trunk_weights)
+    if cfg.backbone == "lenet":
+        model.load_state_dict(state)
+    else:
+        model.heads.load_state_dict({k.removeprefix("heads."): v for k, v in state.items()})
+        expected = meta.get("trunk", {}).get("sha256")
+        if trunk_weights is not None and expected and state_checksum(model.trunk) != expected:
+            raise CheckpointError(f"{folder}: the {cfg.backbone} trunk weights found here differ from those "
+                                  "the heads were trained on; install the weights named in "
+                                  f"{METADATA} ('trunk') or retrain")
+    return model.eval(), meta
+

@@ -1,0 +1,125 @@
+"""The ``shoeclass`` command line: train, classify, evaluate (and the tools built on them)."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+__all__ = ["main", "get_args_parser"]
+
+
+def _overrides(pairs: list[str]) -> dict:
+    import yaml
+
+    out = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise SystemExit(f"--set takes key=value, got {pair!r}")
+        key, value = pair.split("=", 1)
+        out[key] = yaml.safe_load(value)
+    return out
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .train import load_config, train
+
+    over = _overrides(args.set)
+    for key in ("data", "out", "epochs"):
+        if getattr(args, key) is not None:
+            over[key] = getattr(args, key)
+    if args.no_progress:
+        over["progress"] = False
+    cfg = load_config(args.config, over)
+    folder = train(cfg)
+    meta = json.loads((folder / "model.json").read_text())
+    summary = meta["metrics"].get("test", {}).get("all", {}).get("summary")
+    print(f"model written to {folder}")
+    if summary:
+        print(json.dumps(summary, indent=2))
+    return 0
+
+
+def cmd_classify(args: argparse.Namespace) -> int:
+    from .api import classify_images
+
+    result = classify_images(args.photos, model=args.model, bf16=False if args.fp32 else None)
+    data = result.to_dict()
+    if args.json:
+        print(json.dumps(data, indent=2, ensure_ascii=False))
+    else:
+        for photo in data["photos"]:
+            if photo["error"]:
+                print(f"! {photo['photo']}: {photo['error']}")
+        if data["attributes"] is None:
+            print("no photo could be read")
+        else:
+            print(f"status: {data['status']}")
+            for key, p in data["attributes"].items():
+                mark = "yes" if data["decisions"][key] else "no "
+                print(f"  {key:18s} {mark}  p={p:.3f}")
+    return 0 if data["attributes"] is not None else 1
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate, save_plots, to_markdown
+
+    report = evaluate(args.data, args.model, args.split, progress=not args.no_progress)
+    md = to_markdown(report)
+    print(md)
+    if args.json:
+        clean = {k: v for k, v in report.items() if not k.startswith("_")}
+        Path(args.json).write_text(json.dumps(clean, indent=2))
+        print(f"metrics written to {args.json}")
+    if args.plots:
+        for p in save_plots(report, args.plots):
+            print(f"plot written to {p}")
+    return 0
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="shoeclass", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a model from a YAML config")
+    p.add_argument("--config", required=True, help="configs/<name>.yaml")
+    p.add_argument("--data", help="dataset folder with labels.csv (overrides the config)")
+    p.add_argument("--out", help="model folder to write (overrides the config)")
+    p.add_argument("--epochs", type=int, help="overrides the config")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="other overrides, e.g. model.hidden=512")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("classify", help="classify the photos of one item")
+    p.add_argument("photos", nargs="+", help="photo files of one item")
+    p.add_argument("--model", help="model folder (default: the shipped model)")
+    p.add_argument("--json", action="store_true", help="print the full JSON result")
+    p.add_argument("--fp32", action="store_true", help="never use bf16")
+    p.set_defaults(func=cmd_classify)
+
+    p = sub.add_parser("evaluate", help="measure a model on a labels.csv folder")
+    p.add_argument("--data", required=True, help="dataset folder with labels.csv")
+    p.add_argument("--split", default="test", help="train / val / test / all")
+    p.add_argument("--model", help="model folder (default: the shipped model)")
+    p.add_argument("--json", help="write the metrics here")
+    p.add_argument("--plots", help="write PNG plots into this folder")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_evaluate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"shoeclass {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

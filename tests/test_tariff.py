@@ -1,0 +1,366 @@
+"""Tariff mapping 6401-6405: every TN VED leaf reachable, HS subheadings, probability properties.
+
+Offline and fast: reads only configs/tariff_ch64.yaml (through shoeclass.tariff).
+"""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from shoeclass.attributes import HEIGHT_KEYS, OUTPUT_KEYS
+from shoeclass.tariff import DeclaredFacts, classify_tariff, leaf_codes, load_tariff_rules
+
+SPEC_LEAF_COUNT = 71  # spec §2: 4 + 15 + 40 + 5 + 7
+
+
+def crisp(*present: str, height: str = "low", not_footwear: float = 0.0) -> dict[str, float]:
+    """0/1 attribute probabilities: the named attributes present, one height head set."""
+    probs = {k: 0.0 for k in OUTPUT_KEYS}
+    for key in present:
+        probs[key] = 1.0
+    probs[f"height_{height}"] = 1.0
+    probs["not_footwear"] = not_footwear
+    return probs
+
+
+def facts(upper: str, sole: str, **extra) -> DeclaredFacts:
+    """Fully stated facts (toe-cap no, insole 27 cm, men) unless overridden."""
+    base = {"upper_material": upper, "sole_material": sole, "metal_toecap": False,
+            "insole_cm": 27.0, "gender": "men"}
+    base.update(extra)
+    return DeclaredFacts(**base)
+
+
+M = {"metal_toecap": True}
+SMALL = {"insole_cm": 22.0}
+UNI = {"gender": "unisex"}
+WOMEN = {"gender": "women"}
+
+# leaf -> (present attributes, height, upper, sole, extra facts)
+LEAF_CASES: dict[str, tuple[tuple[str, ...], str, str, str, dict]] = {
+    # 6401: waterproof, rubber/plastics, not stitched
+    "6401100000": (("waterproof",), "knee", "rubber", "rubber", M),
+    "6401921000": (("waterproof",), "ankle", "rubber", "rubber", {}),
+    "6401929000": (("waterproof",), "knee", "plastics", "plastics", {}),
+    "6401990000": (("waterproof",), "over_knee", "rubber", "plastics", {}),
+    # 6402
+    "6402121000": (("sports",), "ankle", "plastics", "plastics", {"sports_kind": "ski"}),
+    "6402129000": (("sports",), "ankle", "plastics", "rubber", {"sports_kind": "snowboard"}),
+    "6402190000": (("sports",), "low", "plastics", "rubber", {"sports_kind": "other_sports"}),
+    "6402200000": (("straps_plugged",), "low", "rubber", "rubber", {}),
+    "6402911000": ((), "ankle", "plastics", "rubber", M),
+    "6402919000": ((), "knee", "plastics", "rubber", {}),
+    "6402990500": ((), "low", "plastics", "rubber", M),
+    "6402991000": ((), "low", "rubber", "plastics", {}),
+    "6402993100": (("vamp_straps", "high_heel"), "low", "plastics", "plastics", {}),
+    "6402993900": (("vamp_openings",), "low", "plastics", "plastics", {}),
+    "6402995000": (("indoor",), "low", "plastics", "plastics", {}),
+    "6402999100": ((), "low", "plastics", "plastics", SMALL),
+    "6402999300": ((), "low", "plastics", "plastics", UNI),
+    "6402999600": ((), "low", "plastics", "plastics", {}),
+    "6402999800": ((), "low", "plastics", "plastics", WOMEN),
+    # 6403: leather upper
+    "6403120000": (("sports",), "ankle", "leather", "rubber", {"sports_kind": "ski"}),
+    "6403190000": (("sports",), "low", "leather", "leather", {"sports_kind": "other_sports"}),
+    "6403200000": (("toe_strap",), "low", "leather", "leather", {}),
+    "6403400000": ((), "ankle", "leather", "rubber", M),
+    "6403510500": (("wood_base",), "ankle", "leather", "leather", {}),
+    "6403511100": ((), "ankle", "leather", "leather", SMALL),
+    "6403511500": ((), "ankle", "leather", "leather", {}),
+    "6403511900": ((), "ankle", "leather", "leather", WOMEN),
+    "6403519100": ((), "knee", "leather", "leather", SMALL),
+    "6403519500": ((), "knee", "leather", "leather", {}),
+    "6403519900": ((), "over_knee", "leather", "leather", WOMEN),
+    "6403590500": (("wood_base",), "low", "leather", "leather", {}),
+    "6403591100": (("vamp_straps", "high_heel"), "low", "leather", "leather", {}),
+    "6403593100": (("vamp_openings",), "low", "leather", "leather", SMALL),
+    "6403593500": (("vamp_openings",), "low", "leather", "leather", {}),
+    "6403593900": (("vamp_straps",), "low", "leather", "leather", WOMEN),
+    "6403595000": (("indoor",), "low", "leather", "leather", {}),
+    "6403599100": ((), "low", "leather", "leather", SMALL),
+    "6403599500": ((), "low", "leather", "leather", {}),
+    "6403599900": ((), "low", "leather", "leather", WOMEN),
+    "6403910500": (("wood_base",), "ankle", "leather", "rubber", {}),
+    "6403911100": ((), "ankle", "leather", "rubber", SMALL),
+    "6403911300": ((), "ankle", "leather", "rubber", UNI),
+    "6403911600": ((), "ankle", "leather", "plastics", {}),
+    "6403911800": ((), "ankle", "leather", "rubber", WOMEN),
+    "6403919100": ((), "knee", "leather", "rubber", SMALL),
+    "6403919300": ((), "knee", "leather", "rubber", {"gender": "children"}),
+    "6403919600": ((), "knee", "leather", "composition_leather", {}),
+    "6403919800": ((), "over_knee", "leather", "rubber", WOMEN),
+    "6403990500": (("wood_base",), "low", "leather", "plastics", {}),
+    "6403991100": (("vamp_straps", "high_heel"), "low", "leather", "rubber", {}),
+    "6403993100": (("vamp_openings",), "low", "leather", "rubber", SMALL),
+    "6403993300": (("vamp_openings",), "low", "leather", "rubber", UNI),
+    "6403993600": (("vamp_straps",), "low", "leather", "rubber", {}),
+    "6403993800": (("vamp_straps",), "low", "leather", "rubber", WOMEN),
+    "6403995000": (("indoor",), "low", "leather", "rubber", {}),
+    "6403999100": ((), "low", "leather", "rubber", SMALL),
+    "6403999300": ((), "low", "leather", "rubber", UNI),
+    "6403999600": ((), "low", "leather", "rubber", {}),
+    "6403999800": ((), "low", "leather", "composition_leather", WOMEN),
+    # 6404: textile upper
+    "6404110000": (("sports",), "low", "textile", "rubber", {"sports_kind": "athletic"}),
+    "6404191000": (("indoor",), "low", "textile", "plastics", {}),
+    "6404199000": ((), "low", "textile", "rubber", {}),
+    "6404201000": (("indoor",), "low", "textile", "leather", {}),
+    "6404209000": ((), "low", "textile", "composition_leather", {}),
+    # 6405: other
+    "6405100001": ((), "low", "leather", "wood", {}),
+    "6405100009": ((), "low", "composition_leather", "rubber", {}),
+    "6405201000": ((), "low", "textile", "cork", {}),
+    "6405209100": (("indoor",), "low", "textile", "textile", {}),
+    "6405209900": ((), "low", "textile", "other", {}),
+    "6405901000": ((), "low", "other", "leather", {}),
+    "6405909000": ((), "low", "rubber", "textile", {}),
+}
+
+
+def run_case(code: str):
+    present, height, upper, sole, extra = LEAF_CASES[code]
+    return classify_tariff(crisp(*present, height=height), facts(upper, sole, **extra))
+
+
+@pytest.mark.parametrize("code", sorted(LEAF_CASES))
+def test_every_leaf_is_reached(code):
+    decision = run_case(code)
+    top = decision.candidates_10[0]
+    assert top.code == code
+    assert top.probability == pytest.approx(1.0)
+    assert decision.candidates_6[0].code == code[:6]
+    assert decision.candidates_4[0].code == code[:4]
+    assert decision.status == "ok"
+    assert decision.missing_facts == []
+    assert decision.rationale["code"] == code
+    assert decision.rationale["notes"]
+
+
+def test_reached_leaves_equal_yaml_leaves():
+    assert len(leaf_codes()) == SPEC_LEAF_COUNT
+    assert load_tariff_rules().leaf_count == SPEC_LEAF_COUNT
+    assert {run_case(c).top_code for c in LEAF_CASES} == set(leaf_codes())
+    per_heading = {h: sum(c.startswith(h) for c in leaf_codes()) for h in ("6401", "6402", "6403", "6404", "6405")}
+    assert per_heading == {"6401": 4, "6402": 15, "6403": 40, "6404": 5, "6405": 7}
+
+
+@pytest.mark.parametrize("present,height,upper,sole,extra,hs6", [
+    ((), "low", "composition_leather", "leather", {}, "640510"),  # Note 3(b): not leather
+    ((), "low", "rubber", "leather", {}, "640590"),  # rubber upper on a leather sole: 6405
+    ((), "low", "textile", "wood", {}, "640520"),
+    (("toe_strap",), "low", "leather", "rubber", {}, "640399"),  # 6403 20 needs a leather sole
+    (("sports",), "low", "leather", "rubber", {"sports_kind": "athletic"}, "640399"),  # not SN1 sports
+    (("sports",), "low", "textile", "rubber", {"sports_kind": "other_sports"}, "640411"),
+    (("waterproof",), "knee", "rubber", "rubber", {"waterproof_construction": False}, "640291"),
+    ((), "knee", "rubber", "rubber", {"waterproof_construction": True}, "640192"),
+    (("waterproof",), "knee", "rubber", "textile", {}, "640590"),  # 6401 needs a rubber/plastics sole
+    (("straps_plugged",), "low", "leather", "rubber", {}, "640399"),  # 6402 20 only for rubber/plastic uppers
+])
+def test_hs_subheadings(present, height, upper, sole, extra, hs6):
+    assert classify_tariff(crisp(*present, height=height), facts(upper, sole, **extra)).candidates_6[0].code == hs6
+
+
+def test_measured_heel_overrides_attribute():
+    probs = crisp("vamp_straps", "high_heel")
+    assert classify_tariff(probs, facts("leather", "rubber", heel_sole_cm=2.5)).top_code == "6403993600"
+    assert classify_tariff(crisp("vamp_straps"), facts("leather", "rubber", heel_sole_cm=3.5)).top_code == "6403991100"
+    # "more than 3 cm": exactly 3 is not more
+    assert classify_tariff(probs, facts("leather", "rubber", heel_sole_cm=3.0)).top_code == "6403993600"
+
+
+def test_insole_boundary_is_24cm():
+    probs = crisp()
+    assert classify_tariff(probs, facts("leather", "rubber", insole_cm=24.0)).top_code == "6403999600"
+    assert classify_tariff(probs, facts("leather", "rubber", insole_cm=23.9)).top_code == "6403999100"
+
+
+def test_vamp_branch_before_indoor():
+    assert classify_tariff(crisp("vamp_straps", "indoor"), facts("leather", "rubber")).top_code == "6403993600"
+
+
+def test_not_footwear():
+    d = classify_tariff(crisp(not_footwear=0.9), facts("leather", "rubber"))
+    assert d.status == "needs_review"
+    assert d.candidates_4 == d.candidates_6 == d.candidates_10 == []
+    assert d.top_code is None
+    assert any(n["id"] == "CH64_N1" and "Note 1" in n["text"] for n in d.rationale["notes"])
+    json.dumps(d.to_dict())
+
+
+def test_not_footwear_below_half_scales_probabilities():
+    d = classify_tariff(crisp(not_footwear=0.3), facts("leather", "rubber"))
+    assert d.candidates_10[0].code == "6403999600"
+    assert d.candidates_10[0].probability == pytest.approx(0.7)
+    assert d.status == "needs_review"
+
+
+def test_missing_facts():
+    f = DeclaredFacts(upper_material="leather", sole_material="rubber", metal_toecap=False)
+    d = classify_tariff(crisp(), f)
+    # top is 6403 99 91 (< 24 cm, p 0.5); only the insole length can change it
+    assert d.top_code == "6403999100" and d.missing_facts == ["insole_cm"]
+    assert d.status == "needs_review"
+    assert d.rationale["assumed"]["insole_cm"] == "uniform over ['lt24', 'ge24']"
+    assert d.rationale["assumed"]["indoor"] == "prior from attribute 'indoor'"
+    d = classify_tariff(crisp(), DeclaredFacts(upper_material="leather", sole_material="rubber",
+                                               metal_toecap=False, insole_cm=27.0))
+    assert d.missing_facts == ["gender"]
+    assert "gender" in d.rationale["assumed"] and "insole_cm" in d.rationale["facts"]
+    # facts that cannot change a textile-upper, rubber-sole casual shoe are not asked for
+    d = classify_tariff(crisp(), DeclaredFacts(upper_material="textile", sole_material="rubber"))
+    assert d.top_code == "6404199000" and d.missing_facts == [] and d.status == "ok"
+    # nothing stated: the materials are the first thing to ask
+    d = classify_tariff(crisp())
+    assert {"upper_material", "sole_material"} <= set(d.missing_facts)
+
+
+def test_needs_review():
+    case = crisp()
+    f = facts("leather", "rubber")
+    assert classify_tariff(case, f).status == "ok"
+    d = classify_tariff(case, f, wrong_cluster=True)
+    assert d.status == "needs_review" and "wrong_cluster" in d.review_reasons
+    soft = dict(case, height_low=0.6, height_ankle=0.4)
+    d = classify_tariff(soft, f)
+    assert d.candidates_10[0].probability == pytest.approx(0.6)
+    assert d.status == "needs_review"
+    assert classify_tariff(soft, f, review_below=0.5).status == "ok"
+
+
+def test_rationale_lists_attributes_facts_and_notes():
+    d = classify_tariff(crisp("vamp_straps", "high_heel"), facts("plastics", "plastics"))
+    r = d.rationale
+    assert r["code"] == "6402993100"
+    assert r["attributes"]["vamp_straps"] == 1.0 and r["attributes"]["high_heel"] == 1.0
+    assert r["facts"]["upper_material"] == "plastics"
+    ids = {n["id"] for n in r["notes"]}
+    assert {"H6402", "EN_VAMP", "EN_3CM"} <= ids
+    assert [p["code"] for p in r["path"] if p["code"]] == ["6402", "640299", "6402993100"]
+    json.dumps(d.to_dict())
+
+
+def test_uncertain_attributes_split_between_leaves():
+    probs = crisp()
+    probs.update(vamp_straps=0.5, vamp_openings=0.5)
+    d = classify_tariff(probs, facts("leather", "rubber"), top_k=100)
+    got = {c.code: c.probability for c in d.candidates_10}
+    assert got["6403993600"] == pytest.approx(0.75)  # vamp of straps or cut-out: 1 - 0.5 * 0.5
+    assert got["6403999600"] == pytest.approx(0.25)
+
+
+unit = st.floats(0.0, 1.0, allow_nan=False)
+probs_st = st.fixed_dictionaries({k: unit for k in OUTPUT_KEYS})
+facts_st = st.builds(
+    DeclaredFacts,
+    upper_material=st.sampled_from([None, "leather", "composition_leather", "rubber", "plastics", "textile", "other"]),
+    sole_material=st.sampled_from([None, "rubber", "plastics", "leather", "wood", "textile"]),
+    waterproof_construction=st.sampled_from([None, True, False]),
+    metal_toecap=st.sampled_from([None, True, False]),
+    insole_cm=st.sampled_from([None, 20.0, 26.0]),
+    gender=st.sampled_from([None, "men", "women", "unisex"]),
+)
+
+
+@settings(max_examples=40, deadline=None)
+@given(probs_st, facts_st)
+def test_probability_properties(probs, f):
+    d = classify_tariff(probs, f, top_k=100)
+    if probs["not_footwear"] >= 0.5:
+        assert d.candidates_10 == [] and d.status == "needs_review"
+        return
+    for level in (d.candidates_4, d.candidates_6, d.candidates_10):
+        assert all(0.0 <= c.probability <= 1.0 for c in level)
+        assert [c.probability for c in level] == sorted((c.probability for c in level), reverse=True)
+    total = sum(c.probability for c in d.candidates_10)
+    assert total <= 1.0 + 1e-9
+    assert total == pytest.approx(1.0 - probs["not_footwear"], abs=1e-9)  # the tree covers every case
+    assert sum(c.probability for c in d.candidates_6) == pytest.approx(total)
+    assert sum(c.probability for c in d.candidates_4) == pytest.approx(total)
+    assert {c.code for c in d.candidates_10} <= set(leaf_codes())
+    json.dumps(d.to_dict())
+
+
+def _p(decision, prefix: str) -> float:
+    return sum(c.probability for c in decision.candidates_10 if c.code.startswith(prefix))
+
+
+@settings(max_examples=25, deadline=None)
+@given(probs_st, unit, unit)
+def test_monotone_in_the_deciding_attribute(probs, a, b):
+    lo, hi = sorted((a, b))
+    probs = dict(probs, not_footwear=0.0)
+    rubber = DeclaredFacts(upper_material="rubber", sole_material="rubber")
+    assert _p(classify_tariff(dict(probs, waterproof=lo), rubber, top_k=100), "6401") <= \
+        _p(classify_tariff(dict(probs, waterproof=hi), rubber, top_k=100), "6401") + 1e-12
+    textile = DeclaredFacts(upper_material="textile", sole_material="rubber")
+    assert _p(classify_tariff(dict(probs, sports=lo), textile, top_k=100), "640411") <= \
+        _p(classify_tariff(dict(probs, sports=hi), textile, top_k=100), "640411") + 1e-12
+
+
+def test_heights_are_normalised():
+    probs = crisp()
+    probs.update({k: 0.9 for k in HEIGHT_KEYS})
+    d = classify_tariff(probs, facts("leather", "rubber"), top_k=100)
+    assert _p(d, "640399") == pytest.approx(0.25)
+    assert _p(d, "640391") == pytest.approx(0.75)
+
+
+@pytest.mark.parametrize("kwargs,field", [
+    ({"upper_material": "wood"}, "upper_material"),
+    ({"sole_material": "glass"}, "sole_material"),
+    ({"gender": "robot"}, "gender"),
+    ({"sports_kind": "chess"}, "sports_kind"),
+    ({"metal_toecap": "yes"}, "metal_toecap"),
+    ({"insole_cm": -1.0}, "insole_cm"),
+    ({"heel_sole_cm": math.nan}, "heel_sole_cm"),
+])
+def test_bad_facts_raise(kwargs, field):
+    with pytest.raises(ValueError, match=field):
+        DeclaredFacts(**kwargs)
+
+
+def test_bad_fact_message_lists_allowed_values():
+    with pytest.raises(ValueError, match="leather"):
+        DeclaredFacts(upper_material="wood")
+
+
+def test_from_dict():
+    f = DeclaredFacts.from_dict({"upper_material": "Composition leather", "metal_toecap": "no",
+                                 "insole_cm": "25.5", "gender": None})
+    assert f == DeclaredFacts(upper_material="composition_leather", metal_toecap=False, insole_cm=25.5)
+    assert DeclaredFacts.from_dict(None) == DeclaredFacts()
+    with pytest.raises(ValueError, match="colour"):
+        DeclaredFacts.from_dict({"colour": "red"})
+    with pytest.raises(ValueError, match="indoor"):
+        DeclaredFacts.from_dict({"indoor": "maybe"})
+
+
+def test_bad_probs_and_parameters_raise():
+    with pytest.raises(ValueError, match="missing"):
+        classify_tariff({"waterproof": 1.0})
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        classify_tariff(dict(crisp(), sports=1.5))
+    with pytest.raises(ValueError, match="top_k"):
+        classify_tariff(crisp(), top_k=0)
+    with pytest.raises(ValueError, match="review_below"):
+        classify_tariff(crisp(), review_below=2.0)
+
+
+def test_bad_rules_file_raises(tmp_path):
+    rules = load_tariff_rules()
+    raw = yaml.safe_load(rules.path.read_text(encoding="utf-8"))
+    raw["tree"][0]["when"] = {"colour": "red"}
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(raw), encoding="utf-8")
+    with pytest.raises(ValueError, match="colour"):
+        classify_tariff(crisp(), rules_path=bad)
+    raw = yaml.safe_load(rules.path.read_text(encoding="utf-8"))
+    raw["leaf_count"] = 70
+    bad.write_text(yaml.safe_dump(raw), encoding="utf-8")
+    with pytest.raises(ValueError, match="leaf_count"):
+        leaf_codes(bad)
