@@ -131,7 +131,7 @@ def run_fetch(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The standalone ``python -m scraper`` parser."""
-    parser = argparse.ArgumentParser(prog="python -m scraper", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m scraper", description="Grow a labelled footwear dataset from shop sites and photo folders.")
     add_parsers(parser.add_subparsers(dest="command", required=True))
     return parser
 

@@ -74,7 +74,7 @@ class DedupImagesPipeline(ImagesPipeline):
         kept: list[dict[str, Any]] = []
         for ok, res in results:
             if not ok:
-                logger.warning("%s: photo dropped: %s", item["item"], res.getErrorMessage())
+                logger.warning("%s: photo dropped: %s", item["item"], _reason(res.value))
                 self._stat("photo_failed")
                 continue
             path = res["path"]
@@ -100,7 +100,10 @@ class DatasetPipeline:
 
     def __init__(self, crawler: Any) -> None:
         self.crawler = crawler
-        self.out_dir = Path(crawler.settings.get("SHOECLASS_OUT_DIR") or crawler.settings["IMAGES_STORE"])
+        out = crawler.settings.get("SHOECLASS_OUT_DIR") or crawler.settings.get("IMAGES_STORE")
+        if not out:
+            raise ValueError("no dataset folder: set SHOECLASS_OUT_DIR or IMAGES_STORE (-s IMAGES_STORE=DIR)")
+        self.out_dir = Path(out)
         self.max_items: int = crawler.settings.getint("SHOECLASS_MAX_ITEMS", 0)
         self.flush_every: int = crawler.settings.getint("SHOECLASS_FLUSH_EVERY", 50)
         self.count = 0
@@ -134,3 +137,13 @@ class DatasetPipeline:
     def close_spider(self) -> None:
         if self.writer is not None:
             self.writer.write()
+
+
+def _reason(exc: BaseException) -> str:
+    # Scrapy wraps our ImageException in FileExceptions without a message: find the first message.
+    seen: BaseException | None = exc
+    while seen is not None:
+        if str(seen):
+            return str(seen)
+        seen = seen.__cause__ or seen.__context__
+    return type(exc).__name__

@@ -184,7 +184,7 @@ def scrape_url(url: str, out_dir: str, *, site: SiteConfig | None = None,
     sink = PhotoSink(out_dir)
     result = ScrapeResult()
     max_images = site.max_images_per_item if site else 12
-    soup = BeautifulSoup(session.get(url).text, "html.parser")
+    soup = BeautifulSoup(session.get(url).content, "html.parser")
     if kind == "auto":
         kind = "product" if select(soup, sel["title"]) and select(soup, sel["images"]) else "listing"
     pages: list[tuple[str, BeautifulSoup | None]] = [(url, soup)]
@@ -195,7 +195,7 @@ def scrape_url(url: str, out_dir: str, *, site: SiteConfig | None = None,
         pages = [(link, None) for link in links[:max_items or None]]
     for page_url, page in pages:
         try:
-            page = page or BeautifulSoup(session.get(page_url).text, "html.parser")
+            page = page or BeautifulSoup(session.get(page_url).content, "html.parser")
         except (requests.RequestException, RobotsDisallowed) as exc:
             logger.warning("%s: not fetched (%s)", page_url, exc)
             result.skipped.append(page_url)

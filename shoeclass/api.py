@@ -12,12 +12,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from scipy.special import expit
 
 from .checkpoint import load_checkpoint, resolve_path
 from .data import EvalPreset
+from .decision import DecisionLayer
+from .attributes import OUTPUT_KEYS
 from .images import ImageError, ImageInput, describe_source, load_image
 from .result import ItemResult, PhotoResult
 from .runtime import autocast, prepare_for_inference
+from .tariff import DeclaredFacts, classify_tariff
 
 __all__ = ["Classifier", "classify_images"]
 
@@ -39,24 +43,32 @@ class Classifier:
         prepare_for_inference(self.net)
         self.preset = EvalPreset(self.meta["backbone"])
         self.bf16, self.batch_size = bf16, batch_size
+        self.decision = DecisionLayer.from_dict(self.meta.get("decision"))
         self.thresholds = np.asarray(self.meta.get("thresholds") or [0.5] * 14, dtype=np.float64)
         self.info = {"name": self.path.name, "backbone": self.meta["backbone"], "sha256": self.meta["sha256"]}
 
     def predict_tensors(self, x: torch.Tensor) -> dict[str, np.ndarray]:
-        """Raw outputs for a (B, 3, 224, 224) batch: ``probs`` (B, 14) and optional extras."""
+        """Outputs for a (B, 3, 224, 224) batch: raw ``logits`` and calibrated ``probs`` (B, 14),
+        ``gate`` logits (B, C) and ``suitability`` (B, 14) when the model has them."""
         outs: dict[str, list] = {}
         with torch.inference_mode(), autocast(self.bf16):
             for chunk in x.split(self.batch_size):
                 for k, v in self.net(chunk.contiguous(memory_format=torch.channels_last)).items():
                     outs.setdefault(k, []).append(v.float().numpy())
         res = {k: np.concatenate(v) for k, v in outs.items()}
-        res["probs"] = 1 / (1 + np.exp(-res.pop("logits")))  # (B, 14)
+        res["probs"] = self.decision.photo_probs(res["logits"])  # (B, 14) calibrated
         if "suitability" in res:
-            res["suitability"] = 1 / (1 + np.exp(-res["suitability"]))
+            res["suitability"] = expit(res["suitability"])
         return res
 
-    def classify(self, images: ImageInput | Sequence[ImageInput]) -> ItemResult:
-        """Classify the M photos of one item; unreadable photos get an error, the rest go on."""
+    def classify(self, images: ImageInput | Sequence[ImageInput], declared: DeclaredFacts | dict | None = None,
+                 top_k: int = 5) -> ItemResult:
+        """Classify the M photos of one item; unreadable photos get an error, the rest go on.
+
+        Raises:
+            ValueError: bad declared facts (names the field and the allowed values) or top_k.
+        """
+        facts = declared if isinstance(declared, DeclaredFacts) else DeclaredFacts.from_dict(declared)
         photos: list[PhotoResult] = []
         tensors: list[torch.Tensor] = []
         for i, src in enumerate(_as_list(images)):
@@ -70,17 +82,20 @@ class Classifier:
         ok = [p for p in photos if p.error is None]
         if not ok:
             return ItemResult(photos, None, self.thresholds, model=self.info)
-        out = self.predict_tensors(torch.stack(tensors))  # (M, 14) per-photo matrix
+        out = self.predict_tensors(torch.stack(tensors))
+        probs, fused, cluster = self.decision.item(out["logits"], out.get("gate"), out.get("suitability"))
         for j, p in enumerate(ok):
-            p.probs = out["probs"][j]
+            p.probs = probs[j]  # row j of the (M, 14) per-photo matrix
             if "suitability" in out:
                 p.suitability = out["suitability"][j]
-        fused = self.fuse(out["probs"], out.get("suitability"))
-        return ItemResult(photos, fused, self.thresholds, model=self.info)
-
-    def fuse(self, probs: np.ndarray, suitability: np.ndarray | None = None) -> np.ndarray:
-        """(M, 14) -> (14,): one estimate per output for the item (mean over the photos)."""
-        return probs.mean(0)
+            if "gate" in out and self.decision.clusters is not None:
+                g = self.decision.gate_probs(out["gate"][j:j + 1])[0]
+                p.cluster = {"name": self.decision.clusters.clusters_[int(g.argmax())].name,
+                             "probability": round(float(g.max()), 6)}
+        wrong = bool(cluster and cluster["wrong_cluster"])
+        tariff = classify_tariff(dict(zip(OUTPUT_KEYS, map(float, fused))), facts, top_k=top_k,
+                                 wrong_cluster=wrong).to_dict()
+        return ItemResult(photos, fused, self.thresholds, cluster=cluster, tariff=tariff, model=self.info)
 
 
 @functools.lru_cache(maxsize=4)
@@ -97,19 +112,29 @@ def _as_list(images) -> list:
 
 
 def classify_images(images: ImageInput | Sequence[ImageInput], model: str | Path | Classifier | None = None,
-                    *, bf16: bool | None = None) -> ItemResult:
+                    *, declared: DeclaredFacts | dict | None = None, top_k: int = 5,
+                    bf16: bool | None = None) -> ItemResult:
     """Classify the photos of one footwear item.
 
     Args:
         images: one photo or the M photos of one item: file paths, encoded bytes, PIL images or
             uint8 numpy arrays, in any mix.
         model: a model folder, a loaded :class:`Classifier`, or None for the shipped default.
+        declared: facts the declarant states (:class:`~shoeclass.tariff.DeclaredFacts` or a dict
+            such as ``{"upper_material": "leather", "sole_material": "rubber", "insole_cm": 26}``);
+            every fact is optional, unstated ones are marginalised.
+        top_k: tariff candidates kept at each of 4, 6 and 10 digits.
         bf16: force bf16 (True) or fp32 (False); None picks bf16 where the CPU supports it.
 
     Returns:
         An :class:`ItemResult`; ``result.to_dict()["attributes"]`` maps every attribute key to
         the item's probability, ``result.to_dict()["photos"][i]`` holds photo i's own values or
-        its error.
+        its error, ``["cluster"]`` the cluster and wrong-cluster check, ``["tariff"]`` the ranked
+        codes with rationale, missing facts and status (see ``result.py``).
+
+    Raises:
+        ValueError: bad ``declared`` facts or ``top_k``. Unreadable photos never raise: they
+            get a per-photo error in the result.
 
     Example:
         >>> from shoeclass import classify_images
@@ -118,4 +143,4 @@ def classify_images(images: ImageInput | Sequence[ImageInput], model: str | Path
     """
     clf = model if isinstance(model, Classifier) else _cached_classifier(
         str(model) if model is not None else None, bf16)
-    return clf.classify(images)
+    return clf.classify(images, declared=declared, top_k=top_k)

@@ -112,12 +112,18 @@ def load_checkpoint(path: str | Path | None = None, trunk_weights: str | None = 
     except (SafetensorError, OSError) as exc:
         raise CheckpointError(f"{tensors}: not a safetensors file ({exc}). shoeclass never unpickles "
                               "model files; convert with safetensors.torch.save_file.") from exc
-    cfg = ModelConfig(**meta["model"])
-    model = build_model(cfg, weights=trunk_weights)
-    if cfg.backbone == "lenet":
-        model.load_state_dict(state)
-    else:
-        model.heads.load_state_dict({k.removeprefix("heads."): v for k, v in state.items()})
+    try:
+        cfg = ModelConfig(**meta["model"])
+        model = build_model(cfg, weights=trunk_weights)
+        if cfg.backbone == "lenet":
+            model.load_state_dict(state)
+        else:
+            model.heads.load_state_dict({k.removeprefix("heads."): v for k, v in state.items()})
+    except (KeyError, TypeError, RuntimeError) as exc:  # load_state_dict: missing keys, other shapes
+        raise CheckpointError(f"{folder}: the tensors in {TENSORS} do not fit the model described in "
+                              f"{METADATA} ('model': {meta.get('model')}): {str(exc)[:300]}. Copy both "
+                              "files from the same training run, or retrain.") from exc
+    if cfg.backbone != "lenet":
         expected = meta.get("trunk", {}).get("sha256")
         if trunk_weights is not None and expected and state_checksum(model.trunk) != expected:
             raise CheckpointError(f"{folder}: the {cfg.backbone} trunk weights found here differ from those "

@@ -22,6 +22,14 @@ def _overrides(pairs: list[str]) -> dict:
     return out
 
 
+def _yes_no(text: str) -> bool:
+    if text.lower() in ("yes", "y", "true", "1"):
+        return True
+    if text.lower() in ("no", "n", "false", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected yes or no, got {text!r}")
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from .train import load_config, train
 
@@ -44,7 +52,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_classify(args: argparse.Namespace) -> int:
     from .api import classify_images
 
-    result = classify_images(args.photos, model=args.model, bf16=False if args.fp32 else None)
+    declared = {k: v for k, v in {
+        "upper_material": args.upper, "sole_material": args.sole, "insole_cm": args.insole_cm,
+        "gender": args.gender, "heel_sole_cm": args.heel_sole_cm, "sports_kind": args.sports_kind,
+        "waterproof_construction": args.waterproof_construction, "metal_toecap": args.metal_toecap,
+    }.items() if v is not None}
+    result = classify_images(args.photos, model=args.model, declared=declared, top_k=args.top_k,
+                             bf16=False if args.fp32 else None)
     data = result.to_dict()
     if args.json:
         print(json.dumps(data, indent=2, ensure_ascii=False))
@@ -59,6 +73,16 @@ def cmd_classify(args: argparse.Namespace) -> int:
             for key, p in data["attributes"].items():
                 mark = "yes" if data["decisions"][key] else "no "
                 print(f"  {key:18s} {mark}  p={p:.3f}")
+            if data["cluster"]:
+                c = data["cluster"]
+                flag = f"  atypical: {', '.join(c['atypical_firing'])}" if c["wrong_cluster"] else ""
+                print(f"cluster: {c['name']} (p={c['probability']:.2f}){flag}")
+            tariff = data["tariff"]
+            for cand in tariff["candidates_10"]:
+                print(f"  {cand['code']}  p={cand['probability']:.3f}  {cand['text'][:70]}")
+            if tariff["missing_facts"]:
+                print("facts that would change the code: " + ", ".join(
+                    m["fact"] if isinstance(m, dict) else str(m) for m in tariff["missing_facts"]))
     return 0 if data["attributes"] is not None else 1
 
 
@@ -75,6 +99,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.plots:
         for p in save_plots(report, args.plots):
             print(f"plot written to {p}")
+    return 0
+
+
+def cmd_clusters(args: argparse.Namespace) -> int:
+    from .checkpoint import read_metadata
+    from .hierarchy import AttributeClusters
+
+    decision = read_metadata(args.model).get("decision") or {}
+    if not decision.get("clusters"):
+        print("this model has no attribute clusters")
+        return 1
+    print(AttributeClusters.from_dict(decision["clusters"]).describe())
     return 0
 
 
@@ -97,6 +133,16 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="model folder (default: the shipped model)")
     p.add_argument("--json", action="store_true", help="print the full JSON result")
     p.add_argument("--fp32", action="store_true", help="never use bf16")
+    facts = p.add_argument_group("declared facts (all optional)")
+    facts.add_argument("--upper", help="upper material: leather, composition_leather, rubber, plastics, textile, other")
+    facts.add_argument("--sole", help="outer sole material: rubber, plastics, leather, composition_leather, wood, cork, textile, other")
+    facts.add_argument("--insole-cm", type=float, help="insole length in cm")
+    facts.add_argument("--gender", help="men, women, unisex, children")
+    facts.add_argument("--heel-sole-cm", type=float, help="measured heel + sole height in cm")
+    facts.add_argument("--sports-kind", help="ski, snowboard, other_sports, athletic, none")
+    facts.add_argument("--waterproof-construction", type=_yes_no, help="yes/no: sole and upper not stitched, riveted …")
+    facts.add_argument("--metal-toecap", type=_yes_no, help="yes/no: protective metal toe-cap")
+    p.add_argument("--top-k", type=int, default=5, help="tariff candidates per level")
     p.set_defaults(func=cmd_classify)
 
     p = sub.add_parser("evaluate", help="measure a model on a labels.csv folder")
@@ -107,6 +153,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--plots", help="write PNG plots into this folder")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_evaluate)
+    p = sub.add_parser("clusters", help="print the attribute clusters a model found and gates on")
+    p.add_argument("--model", help="model folder (default: the shipped model)")
+    p.set_defaults(func=cmd_clusters)
+
+    from scraper.cli import add_parsers as add_scraper_parsers
+
+    add_scraper_parsers(sub)  # scrape, import-folder, fetch
     return parser
 
 

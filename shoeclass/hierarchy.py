@@ -132,6 +132,9 @@ class AttributeClusters:
             raise ValueError(f"keys must contain {NOT_FOOTWEAR.key!r}")
         if self.n_clusters is not None and self.n_clusters < 1:
             raise ValueError(f"n_clusters must be None or >= 1, got {self.n_clusters}")
+        if self.max_varying < 0 or not 0 <= self.min_size < 1:
+            raise ValueError(f"max_varying must be >= 0 and min_size in [0, 1), got "
+                             f"{self.max_varying} and {self.min_size}")
         if not 0 <= self.tol < 0.5:
             raise ValueError(f"tol must be in [0, 0.5), got {self.tol}")
         if not 0 <= self.pull <= 1:

@@ -1,21 +1,50 @@
-"""Reading a labels.csv dataset folder (the format of shared/data) into arrays."""
+"""Reading a labels.csv dataset folder (the format of shared/data) into arrays.
+
+``read_labels`` checks the whole file before anything trains on it, so a bad cell fails in a
+second with its file, line and column instead of mid-epoch: the header (every column present,
+none twice), each row (its number of fields, label values 0 / 0.5 / 1, a known split, a
+non-empty image path that exists and appears once), and, on request, that splits are not empty.
+Up to :data:`MAX_PROBLEMS` problems are reported at once so a file is fixed in one pass.
+
+What is not policed: extra columns (ignored), the values of item / source / src_class / origin,
+and the labels of not-footwear rows (``not_footwear=1`` rows have attributes 0.5, but any 0 / 0.5
+/ 1 is accepted).
+"""
 from __future__ import annotations
 
 import csv
+import io
+import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .attributes import ATTRIBUTE_KEYS, NOT_FOOTWEAR, OUTPUT_KEYS
+from .attributes import OUTPUT_KEYS
 
-__all__ = ["LabelsError", "LabelTable", "read_labels", "META_COLUMNS"]
+__all__ = ["LabelsError", "LabelTable", "read_labels", "META_COLUMNS", "SPLITS", "MAX_PROBLEMS"]
 
 META_COLUMNS = ("image", "item", "source", "src_class", "split", "origin")
+SPLITS = ("train", "val", "test")
+MAX_PROBLEMS = 10
+_VALUES = {"0": 0.0, "1": 1.0, "0.5": 0.5}  # the spellings of shared/data; others go through float()
+_ALLOWED = "0 (absent), 0.5 (unknown) or 1 (present)"
 
 
 class LabelsError(ValueError):
-    """A labels.csv that cannot be trained on: names the file, line and column."""
+    """A labels.csv that cannot be trained on: names the file, line and column.
+
+    Attributes:
+        path: the labels file.
+        problems: ``(line, column, message)`` for each problem found (line 1 is the header;
+            line and column are None for problems of the whole file).
+    """
+
+    def __init__(self, message: str, path: Path | str | None = None,
+                 problems: list[tuple[int | None, str | None, str]] | None = None) -> None:
+        super().__init__(message)
+        self.path, self.problems = path, list(problems or [])
 
 
 @dataclass
@@ -41,33 +70,161 @@ class LabelTable:
                           self.split[mask], self.origin[mask], self.y[mask])
 
 
-def read_labels(path: str | Path) -> LabelTable:
+def read_labels(path: str | Path, *, check_images: bool = True,
+                require_splits: Iterable[str] = ()) -> LabelTable:
     """Read ``labels.csv`` (or a folder holding it); image paths are relative to its folder.
 
+    Args:
+        path: the file, or the dataset folder that holds ``labels.csv``.
+        check_images: check that every image file exists (one ``os.path.exists`` per row).
+        require_splits: splits that must have rows, e.g. ``("train", "val")`` before training.
+
+    Returns:
+        The :class:`LabelTable`, rows in file order.
+
     Raises:
-        LabelsError: a missing column or a value other than 0 / 0.5 / 1.
+        LabelsError: the file is missing, empty or not UTF-8, a column is missing, or rows have
+            bad values, unknown splits, missing or repeated images; the message names the file
+            and, for each of the first ``MAX_PROBLEMS`` problems, the line and column.
+
+    Example:
+        >>> table = read_labels("../shared/data", require_splits=("train", "val"))
+        >>> table.y.shape[1]
+        14
     """
     path = Path(path)
     if path.is_dir():
         path = path / "labels.csv"
     if not path.is_file():
-        raise LabelsError(f"{path}: no such file (a dataset folder holds labels.csv)")
-    with path.open(newline="", encoding="utf-8") as fh:
-        reader = csv.DictReader(fh)
-        missing = [c for c in META_COLUMNS + OUTPUT_KEYS if c not in (reader.fieldnames or [])]
-        if missing:
-            raise LabelsError(f"{path}: missing column(s) {', '.join(missing)}")
-        rows = list(reader)
-    cols = {c: np.array([r[c] for r in rows], dtype=object) for c in META_COLUMNS}
-    y = np.empty((len(rows), len(OUTPUT_KEYS)), dtype=np.float32)
-    for i, r in enumerate(rows):
-        for j, key in enumerate(OUTPUT_KEYS):
-            try:
-                v = float(r[key])
-            except (TypeError, ValueError):
-                v = -1.0
-            if v not in (0.0, 0.5, 1.0):
-                raise LabelsError(f"{path}: line {i + 2}, column {key}: {r[key]!r} is not 0, 0.5 or 1")
-            y[i, j] = v
-    return LabelTable(path.parent, cols["image"], cols["item"], cols["source"], cols["split"],
-                      cols["origin"], y)
+        raise LabelsError(f"{path}: no such file (a dataset folder holds labels.csv)", path)
+    text = _text(path)
+    reader = csv.reader(io.StringIO(text, newline=""))
+    rows = _rows(path, reader)
+    header = next(rows, None)
+    while header is not None and not any(c.strip() for c in header):  # blank lines before the header
+        header = next(rows, None)
+    if header is None:
+        raise LabelsError(f"{path}: empty file; the first line must be the header: "
+                          f"{','.join(META_COLUMNS + OUTPUT_KEYS)}", path)
+    col = _columns(path, header, reader.line_num)
+    meta = {c: [] for c in META_COLUMNS}
+    ys: list[list[float]] = []
+    problems: list[tuple[int | None, str | None, str]] = []
+    seen: dict[str, int] = {}
+    root = path.parent
+    for row in rows:
+        line = reader.line_num
+        if isinstance(row, LabelsError):
+            problems.append((line, None, str(row)))
+            break
+        if not row or (len(row) == 1 and not row[0].strip()):
+            continue
+        if len(row) != len(header):
+            problems.append((line, None, f"{len(row)} fields, the header has {len(header)}"))
+            continue
+        values = [row[col[c]] for c in META_COLUMNS]
+        problems += _check_meta(values, line, root, seen, check_images)
+        y = []
+        for key in OUTPUT_KEYS:
+            cell = row[col[key]]
+            v = _VALUES.get(cell)
+            if v is None:
+                v = _parse(cell)
+                if v is None:
+                    problems.append((line, key, f"{cell!r} is not {_ALLOWED}"))
+                    v = 0.5
+            y.append(v)
+        for c, v in zip(META_COLUMNS, values):
+            meta[c].append(v)
+        ys.append(y)
+    present = set(meta["split"])
+    problems += [(None, "split", f"the {s} split has no rows") for s in require_splits if s not in present]
+    if problems:
+        raise _error(path, problems)
+    cols = {c: np.array(v, dtype=object) for c, v in meta.items()}
+    y_arr = np.array(ys, dtype=np.float32).reshape(len(ys), len(OUTPUT_KEYS))
+    return LabelTable(root, cols["image"], cols["item"], cols["source"], cols["split"], cols["origin"], y_arr)
+
+
+def _rows(path: Path, reader):
+    """The reader's rows; a CSV syntax error (a NUL byte, a huge field) ends them with a LabelsError."""
+    while True:
+        try:
+            yield next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            if reader.line_num <= 1:
+                raise LabelsError(f"{path}: line 1: not a CSV file ({exc})", path) from exc
+            yield LabelsError(f"not valid CSV ({exc}); nothing after this line was read")
+            return
+
+
+def _text(path: Path) -> str:
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")  # Excel writes a byte-order mark
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        raise LabelsError(f"{path}: line {line}: not UTF-8 (byte {data[exc.start]:#04x} at offset {exc.start}); "
+                          "save the file as UTF-8 (Excel: 'CSV UTF-8', LibreOffice: character set "
+                          "Unicode (UTF-8))", path, [(line, None, "not UTF-8")]) from exc
+
+
+def _columns(path: Path, header: list[str], line: int) -> dict[str, int]:
+    col: dict[str, int] = {}
+    twice = []
+    for i, name in enumerate(header):
+        if name in col:
+            twice.append(name)
+        col.setdefault(name, i)
+    needed = META_COLUMNS + OUTPUT_KEYS
+    missing = [c for c in needed if c not in col]
+    if missing or twice:
+        loose = {h.strip().lower(): h for h in header}
+        near = [f"{loose[c]!r} for {c!r}" for c in missing if c in loose]
+        msg = f"{path}: line {line} (header): "
+        msg += f"missing column(s) {', '.join(missing)}" if missing else ""
+        msg += ("; " if missing and twice else "") + (f"column(s) {', '.join(twice)} twice" if twice else "")
+        msg += f"; found {', '.join(near)} (check spaces and case)" if near else ""
+        msg += f". The header must hold: {','.join(needed)}"
+        raise LabelsError(msg, path, [(line, c, "missing column") for c in missing]
+                          + [(line, c, "column twice") for c in twice])
+    return col
+
+
+def _check_meta(values: list[str], line: int, root: Path, seen: dict[str, int], check_images: bool):
+    image, split = values[0], values[4]
+    out = []
+    if not image.strip():
+        out.append((line, "image", "empty image path"))
+    elif image in seen:
+        out.append((line, "image", f"{image} is already on line {seen[image]} (each photo once)"))
+    else:
+        seen[image] = line
+        if check_images and not os.path.exists(os.path.join(root, image)):
+            out.append((line, "image", f"{image} does not exist (paths are relative to {root})"))
+    if split not in SPLITS:
+        out.append((line, "split", f"{split!r} is not one of {', '.join(SPLITS)}"))
+    return out
+
+
+def _parse(cell: str) -> float | None:
+    try:
+        v = float(cell)
+    except ValueError:
+        return None
+    return v if v in (0.0, 0.5, 1.0) else None
+
+
+def _error(path: Path, problems: list[tuple[int | None, str | None, str]]) -> LabelsError:
+    def where(line, column):
+        parts = ([f"line {line}"] if line is not None else []) + ([f"column {column}"] if column else [])
+        return ", ".join(parts) + ": " if parts else ""
+
+    shown = [f"{where(line, column)}{msg}" for line, column, msg in problems[:MAX_PROBLEMS]]
+    if len(problems) == 1:
+        return LabelsError(f"{path}: {shown[0]}", path, problems)
+    more = f" (the first {MAX_PROBLEMS} shown)" if len(problems) > MAX_PROBLEMS else ""
+    text = f"{path}: {len(problems)} problems{more}; fix them before training:\n  " + "\n  ".join(shown)
+    return LabelsError(text, path, problems)

@@ -44,7 +44,7 @@ class ModelConfig:
     n_clusters: int = 0  # size of the cluster gate; 0 = no gate
     suitability: bool = False  # a second set of 14 logits: is the photo suitable for judging it
     lenet_groups: int = 1  # lenet only: 1 = shared trunk, 14 = one network per output
-    lenet_width: int = 16
+    lenet_width: int = 24
 
 
 BACKBONES = ("vgg19", "vgg16", "efficientnet_lite0", "lenet")
@@ -184,17 +184,19 @@ class LeNet(nn.Module):
     separate networks plus not_footwear), computed in one pass with grouped convolutions.
     """
 
-    def __init__(self, width: int = 16, groups: int = 1) -> None:
+    def __init__(self, width: int = 24, groups: int = 1) -> None:
         super().__init__()
         if groups not in (1, N_OUT):
             raise ValueError(f"lenet_groups must be 1 or {N_OUT}, got {groups}")
         c1, c2 = width * groups, 2 * width * groups
         self.groups = groups
+        # 224×224×3 input as in the paper, averaged down to 112 first: LeNet-scale work on a CPU.
+        self.downsample = nn.AvgPool2d(2)
         self.features = nn.Sequential(
-            nn.Conv2d(3 * groups, c1, 5, stride=2, groups=groups), nn.BatchNorm2d(c1), nn.ReLU(),
-            nn.MaxPool2d(2),  # (B, c1, 55, 55)
+            nn.Conv2d(3 * groups, c1, 5, stride=2, groups=groups), nn.BatchNorm2d(c1), nn.ReLU(),  # (B, c1, 54, 54)
+            nn.MaxPool2d(2),  # (B, c1, 27, 27)
             nn.Conv2d(c1, c2, 5, groups=groups), nn.BatchNorm2d(c2), nn.ReLU(),
-            nn.MaxPool2d(2),  # (B, c2, 25, 25)
+            nn.MaxPool2d(2),  # (B, c2, 11, 11)
             nn.AdaptiveAvgPool2d(5),  # (B, c2, 5, 5)
         )
         self.fc = nn.Sequential(
@@ -204,7 +206,10 @@ class LeNet(nn.Module):
         )
         self.dim = 64 * groups
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, downsampled: bool = False) -> torch.Tensor:
+        """(B, 3, 224, 224) photos, or (B, 3, 112, 112) already downsampled ones (training)."""
+        if not downsampled:
+            x = self.downsample(x)  # (B, 3, 112, 112)
         if self.groups > 1:
             x = x.repeat(1, self.groups, 1, 1)  # (B, 3·14, H, W) one copy per network
         f = self.features(x)  # (B, c2, 5, 5)

@@ -19,18 +19,26 @@ import numpy as np
 import torch
 import yaml
 
+from scipy.special import expit
+
 from .attributes import MASK, OUTPUT_KEYS
+from .calibration import SoftmaxTemperature, TemperatureScaling
 from .checkpoint import save_checkpoint
+from .decision import DecisionLayer
+from .fusion import BayesianFusion, label_priors
+from .hierarchy import AttributeClusters
 from .data import EvalPreset, TrainPreset, preprocess_config
 from .features import state_checksum, trunk_features
 from .labels import LabelTable, read_labels
 from .losses import class_weights, masked_bce
-from .metrics import attribute_metrics, summarize
+from .metrics import attribute_metrics, expected_calibration_error, summarize
 from .models import ModelConfig, build_model
 
 __all__ = ["TrainConfig", "load_config", "train", "fit_heads"]
 
 logger = logging.getLogger(__name__)
+
+NF = OUTPUT_KEYS.index("not_footwear")
 
 
 @dataclass
@@ -97,11 +105,19 @@ def sample_weights(table: LabelTable, cfg: TrainConfig) -> np.ndarray:
     return w
 
 
-def predict_logits(heads: torch.nn.Module, x: np.ndarray, batch: int = 4096) -> np.ndarray:
+def predict_outputs(heads: torch.nn.Module, x: np.ndarray, batch: int = 4096) -> dict[str, np.ndarray]:
+    """All head outputs (logits, gate, suitability) for cached features, batched."""
     heads.eval()
+    outs: dict[str, list] = {}
     with torch.inference_mode():
-        return np.concatenate([heads(torch.from_numpy(x[i:i + batch]))["logits"].numpy()
-                               for i in range(0, len(x), batch)])
+        for i in range(0, len(x), batch):
+            for k, v in heads(torch.from_numpy(x[i:i + batch])).items():
+                outs.setdefault(k, []).append(v.numpy())
+    return {k: np.concatenate(v) for k, v in outs.items()}
+
+
+def predict_logits(heads: torch.nn.Module, x: np.ndarray) -> np.ndarray:
+    return predict_outputs(heads, x)["logits"]
 
 
 def val_score(logits: np.ndarray, y: np.ndarray) -> float:
@@ -213,34 +229,84 @@ def train(cfg: TrainConfig) -> Path:
             raise ValueError(f"{cfg.data}: the {name} split is empty; labels.csv needs train and val rows")
     t0 = time.time()
     if cfg.model.backbone == "lenet":
-        model, history, probs_test = train_lenet(cfg, splits)
-        trunk_info = {}
+        model, history, logits_test = train_lenet(cfg, splits)
+        decision, trunk_info = DecisionLayer(), {}
+        if logits_test is not None:
+            logits_val = history.pop("val_logits")
+            decision.calibration = TemperatureScaling().fit(logits_val, splits["val"].y)
+        probs_test = decision.photo_probs(logits_test) if logits_test is not None else None
     else:
-        model = build_model(cfg.model, weights=cfg.trunk_weights)
-        sha = state_checksum(model.trunk)
-        feats = {}
-        kw = dict(trunk_sha=sha, progress=cfg.progress, num_workers=cfg.num_workers)
-        for name, part in splits.items():
-            feats[name] = trunk_features(model.trunk, part, EvalPreset(cfg.model.backbone), cfg.cache_dir, **kw) if len(part) else None
-        x, y, w = [feats["train"]], [splits["train"].y], [sample_weights(splits["train"], cfg)]
-        for v in range(1, cfg.aug_views + 1):
-            x.append(trunk_features(model.trunk, splits["train"], TrainPreset(cfg.model.backbone, seed=v),
-                                    cfg.cache_dir, view=f"aug{v}", **kw))
-            y.append(splits["train"].y)
-            w.append(w[0])
-        x, y, w = np.concatenate(x), np.concatenate(y), np.concatenate(w)
-        history = fit_heads(model.heads, x, y, w, feats["val"], splits["val"].y, cfg)
-        probs_test = (1 / (1 + np.exp(-predict_logits(model.heads, feats["test"])))) if feats["test"] is not None else None
-        trunk_info = {"sha256": sha, "weights": cfg.trunk_weights}
+        model, history, probs_test, decision, trunk_info = _train_frozen(cfg, table)
     history["wall_seconds"] = round(time.time() - t0, 1)
     metrics = evaluate_probs(probs_test, splits["test"]) if probs_test is not None else {}
+    if probs_test is not None:
+        metrics["ece"] = expected_calibration_error(probs_test, splits["test"].y)
     meta = {"backbone": cfg.model.backbone, "trunk": trunk_info, "preprocessing": preprocess_config(cfg.model.backbone),
+            "decision": decision.to_dict(),
             "training": {"config": _plain(asdict(cfg)), "history": history, "data": data_summary(table)},
             "metrics": {"test": metrics}}
     folder = save_checkpoint(model, cfg.out, meta)
     (Path(cfg.out) / "config.yaml").write_text(yaml.safe_dump(_plain(asdict(cfg)), sort_keys=False))
     logger.info("model written to %s", folder)
     return folder
+
+
+def suitability_targets(table: LabelTable) -> np.ndarray:
+    """(N, 14): 1 judged, 0 photo unsuitable, 0.5 unknown. Only by-eye rows (and not-footwear
+    photos, unsuitable for every attribute) say which photos were unsuitable."""
+    known = (table.origin == "eye") | (table.y[:, NF] == 1)
+    s = np.where(known[:, None], (table.y != MASK).astype(np.float32), MASK).astype(np.float32)
+    s[:, NF] = 1.0
+    return s
+
+
+def gate_targets(clusters: AttributeClusters, y: np.ndarray, min_known: int = 7) -> np.ndarray:
+    """Cluster index per row; -1 for rows too sparsely labelled to place (except not footwear)."""
+    g = clusters.assign(y)
+    sparse = ((y != MASK).sum(1) < min_known) & (y[:, NF] != 1)
+    return np.where(sparse, -1, g).astype(np.int64)
+
+
+def effective_prior(y: np.ndarray, balance: float) -> np.ndarray:
+    """The class prior the reweighted heads were effectively trained under (0.5 at balance 1)."""
+    pi = label_priors(y)
+    w = class_weights(y, balance)
+    return np.clip(pi * w[1] / (pi * w[1] + (1 - pi) * w[0]), 0.01, 0.99)
+
+
+FUSION_VIEWS = 3  # simulated photos per validation item for fitting the fusion's correlation
+
+
+def _train_frozen(cfg: TrainConfig, table: LabelTable):
+    """Frozen trunk: cached features, heads + gate + suitability, then the decision layer on val."""
+    tr, va = table.subset(table.split == "train"), table.subset(table.split == "val")
+    clusters = AttributeClusters(max_varying=3).fit(tr.y)
+    cfg.model.n_clusters, cfg.model.suitability = len(clusters.clusters_), True
+    model = build_model(cfg.model, weights=cfg.trunk_weights)
+    sha = state_checksum(model.trunk)
+    kw = dict(trunk_sha=sha, progress=cfg.progress, num_workers=cfg.num_workers)
+    every = trunk_features(model.trunk, table, EvalPreset(cfg.model.backbone), cfg.cache_dir, **kw)
+    feats = {s: every[table.split == s] for s in ("train", "val", "test") if (table.split == s).any()}
+    views = [feats["train"]] + [
+        trunk_features(model.trunk, tr, TrainPreset(cfg.model.backbone, seed=v), cfg.cache_dir, view=f"aug{v}", **kw)
+        for v in range(1, cfg.aug_views + 1)]
+    reps = len(views)
+    history = fit_heads(model.heads, np.concatenate(views), np.tile(tr.y, (reps, 1)),
+                        np.tile(sample_weights(tr, cfg), reps), feats["val"], va.y, cfg,
+                        gate_targets=np.tile(gate_targets(clusters, tr.y), reps),
+                        suit_targets=np.tile(suitability_targets(tr), (reps, 1)))
+    out_val = predict_outputs(model.heads, feats["val"])
+    decision = DecisionLayer(TemperatureScaling().fit(out_val["logits"], va.y), clusters,
+                             SoftmaxTemperature().fit(out_val["gate"], gate_targets(clusters, va.y)))
+    # Simulated multi-photo validation items (augmented views of one photo) fit the fusion.
+    val_views = [predict_outputs(model.heads, trunk_features(
+        model.trunk, va, TrainPreset(cfg.model.backbone, seed=100 + v), cfg.cache_dir, view=f"valaug{v}", **kw))
+        for v in range(FUSION_VIEWS)]
+    vp = np.stack([decision.photo_probs(o["logits"]) for o in val_views], 1)  # (N, M, 14)
+    vw = np.stack([decision.weights(expit(o["suitability"])) for o in val_views], 1)
+    decision.fusion = BayesianFusion(priors=effective_prior(tr.y, cfg.balance)).fit(vp, va.y, vw)
+    probs_test = decision.photo_probs(predict_outputs(model.heads, feats["test"])["logits"]) if "test" in feats else None
+    return model, history, probs_test, decision, {"sha256": sha, "weights": cfg.trunk_weights}
 
 
 def _plain(obj):

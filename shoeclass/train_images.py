@@ -25,7 +25,6 @@ from .images import load_image
 from .labels import LabelTable
 from .losses import class_weights, masked_bce
 from .models import build_model
-from .runtime import autocast
 
 __all__ = ["pixel_cache", "train_lenet", "augment_batch"]
 
@@ -33,15 +32,17 @@ logger = logging.getLogger(__name__)
 
 
 def pixel_cache(table: LabelTable, preset: EvalPreset, cache_dir: str | Path, progress: bool = True) -> np.ndarray:
-    """(N, 224, 224, 3) uint8 preprocessed pixels of every photo, memory-mapped from the cache."""
+    """(N, 112, 112, 3) uint8 preprocessed pixels of every photo, 2×2-averaged as lenet's first
+    layer does, memory-mapped from the cache."""
     key = hashlib.sha256("\n".join(map(str, table.image)).encode()).hexdigest()[:20]
-    path = Path(cache_dir) / f"pixels-{key}.npy"
+    path = Path(cache_dir) / f"pixels112-{key}.npy"
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp.npy")
-        arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(table), 224, 224, 3))
+        arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(table), 112, 112, 3))
         for i, p in enumerate(tqdm(table.paths(), desc="pixels", disable=not progress)):
-            arr[i] = preset.pixels(load_image(p))
+            px = preset.pixels(load_image(p)).astype(np.float32)  # (224, 224, 3)
+            arr[i] = np.rint(px.reshape(112, 2, 112, 2, 3).mean((1, 3))).astype(np.uint8)
         arr.flush()
         del arr
         tmp.replace(path)
@@ -59,7 +60,7 @@ def augment_batch(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     theta = torch.zeros(b, 2, 3)
     theta[:, 0, 0], theta[:, 1, 1], theta[:, 0, 2], theta[:, 1, 2] = scale, scale, cx, cy
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    x = F.grid_sample(x, grid, align_corners=False, padding_mode="border")
+    x = F.grid_sample(x, grid, mode="nearest", align_corners=False, padding_mode="border")
     bright = torch.empty(b, 1, 1, 1).uniform_(0.75, 1.25, generator=gen)
     contrast = torch.empty(b, 1, 1, 1).uniform_(0.75, 1.25, generator=gen)
     mean = x.mean((1, 2, 3), keepdim=True)
@@ -71,20 +72,27 @@ def _to_input(pixels: np.ndarray) -> torch.Tensor:
 
 
 def _predict(model: torch.nn.Module, pixels: np.ndarray, mean, std, batch: int = 256) -> np.ndarray:
+    """Logits (N, 14) from cached 112-pixel inputs."""
     model.eval()
     out = []
-    with torch.inference_mode(), autocast():
+    with torch.inference_mode():
         for i in range(0, len(pixels), batch):
             x = (_to_input(pixels[i:i + batch]) - mean) / std
-            out.append(model(x.contiguous(memory_format=torch.channels_last))["logits"].float().numpy())
+            z = model.trunk(x.contiguous(memory_format=torch.channels_last), downsampled=True)
+            out.append(model.heads(z)["logits"].float().numpy())
     return np.concatenate(out)
+
+
+def _resumable(config: dict) -> dict:
+    """The settings a resumed run must share with the run that wrote the state."""
+    return {k: v for k, v in config.items() if k not in ("progress", "num_workers", "cache_dir", "out")}
 
 
 def train_lenet(cfg, splits: dict[str, LabelTable]) -> tuple[torch.nn.Module, dict, np.ndarray | None]:
     """Train lenet with early stopping on validation mean balanced accuracy.
 
     Returns:
-        (model with the best validation weights, history, test probabilities or None).
+        (model with the best validation weights, history with the validation logits, test logits or None).
     """
     from .train import make_optimizer, val_score
 
@@ -102,11 +110,17 @@ def train_lenet(cfg, splits: dict[str, LabelTable]) -> tuple[torch.nn.Module, di
     start, best, best_state, bad, history = 0, -1.0, None, 0, []
     if state_path.is_file():  # resume an interrupted run from its last complete epoch
         st = torch.load(state_path, map_location="cpu", weights_only=True)
+        if _resumable(st.get("config", {})) != _resumable(asdict(cfg)):
+            raise ValueError(f"{state_path} was written by a different config; delete it to start "
+                             "afresh or train into another out folder")
         model.load_state_dict(st["model"])
         opt.load_state_dict(st["optimizer"])
         sched.load_state_dict(st["scheduler"])
         gen.set_state(st["generator"])
         start, best, bad, best_state = st["epoch"] + 1, st["best"], st["bad"], st["best_model"]
+        history = list(st.get("history", []))
+        if bad >= cfg.patience:  # the run had already stopped early
+            start = cfg.epochs
         logger.info("resuming lenet training at epoch %d", start)
     t0 = time.time()
     for epoch in range(start, cfg.epochs):
@@ -116,8 +130,7 @@ def train_lenet(cfg, splits: dict[str, LabelTable]) -> tuple[torch.nn.Module, di
             sel = np.sort(idx.numpy())
             x = augment_batch(_to_input(pix["train"][sel]), gen)
             x = ((x - mean) / std).contiguous(memory_format=torch.channels_last)
-            with autocast():
-                logits = model(x)["logits"].float()
+            logits = model.heads(model.trunk(x, downsampled=True))["logits"]  # fp32: faster than bf16 for small convs
             loss = masked_bce(logits, y[sel], cw)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -134,11 +147,12 @@ def train_lenet(cfg, splits: dict[str, LabelTable]) -> tuple[torch.nn.Module, di
         tmp = state_path.with_suffix(".tmp")
         torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                     "generator": gen.get_state(), "epoch": epoch, "best": best, "bad": bad,
-                    "best_model": best_state, "config": asdict(cfg)}, tmp)
+                    "best_model": best_state, "config": asdict(cfg), "history": history}, tmp)
         tmp.replace(state_path)  # the previous complete epoch stays loadable until this one is written
         if bad >= cfg.patience:
             break
     model.load_state_dict(best_state)
     test = pix.get("test")
-    probs = 1 / (1 + np.exp(-_predict(model, test, mean, std))) if test is not None else None
-    return model, {"epochs": history, "val_mean_balanced_accuracy": best}, probs
+    logits = _predict(model, test, mean, std) if test is not None else None
+    return model, {"epochs": history, "val_mean_balanced_accuracy": best,
+                   "val_logits": _predict(model, pix["val"], mean, std)}, logits

@@ -1,0 +1,96 @@
+"""Accuracy benchmark (issue 2): lenet and the offline transfer backbone on ../shared/data.
+
+Trains each model with its config (or reuses a trained model folder with --reuse), then evaluates
+it end to end (photo files -> preprocessing -> trunk -> heads -> calibration) on the test split:
+all photos, the catalogue photos and the `worn` photos (shoes on feet, in the wild), per attribute
+and as means, next to the majority-class baseline. Measured as shared/spec/evaluation.md says.
+
+    python benchmarks/accuracy.py --data ../shared/data [--reuse] [--models efficientnet_lite0 lenet]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from shoeclass.api import Classifier
+from shoeclass.attributes import OUTPUT_KEYS
+from shoeclass.evaluate import predict_table
+from shoeclass.labels import read_labels
+from shoeclass.metrics import attribute_metrics, majority_baseline, summarize
+from shoeclass.train import load_config, train
+
+TARGETS = {  # name: (model, group, metric, goal)
+    "transfer_mean_balanced_accuracy": ("efficientnet_lite0", "all", "mean_balanced_accuracy", 0.96),
+    "transfer_mean_accuracy": ("efficientnet_lite0", "all", "mean_accuracy", 0.985),
+    "transfer_worn_mean_balanced_accuracy": ("efficientnet_lite0", "worn", "mean_balanced_accuracy", 0.85),
+    "lenet_mean_balanced_accuracy": ("lenet", "all", "mean_balanced_accuracy", 0.88),
+    "lenet_mean_accuracy": ("lenet", "all", "mean_accuracy", 0.96),
+}
+
+
+def table(per: dict[str, dict], base: dict[str, dict]) -> str:
+    rows = ["| attribute | n | pos | accuracy | balanced acc. | majority acc. |", "|---|---|---|---|---|---|"]
+    for key in OUTPUT_KEYS:
+        m, b = per[key], base[key]
+        if not m["n"]:
+            continue
+        star = "" if m["in_mean"] else " *"
+        rows.append(f"| {key}{star} | {m['n']} | {m['n_pos']} | {m['accuracy']:.4f} | "
+                    f"{m['balanced_accuracy']:.4f} | {b['accuracy']:.4f} |")
+    return "\n".join(rows)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default="../shared/data")
+    ap.add_argument("--models", nargs="+", default=["efficientnet_lite0", "lenet"])
+    ap.add_argument("--runs", default="runs", help="where model folders are written / reused")
+    ap.add_argument("--reuse", action="store_true", help="evaluate runs/<model> if it exists instead of training")
+    ap.add_argument("--json", help="write all measured figures here")
+    args = ap.parse_args()
+
+    labels = read_labels(args.data)
+    test = labels.subset(labels.split == "test")
+    y_train = labels.y[labels.split == "train"]
+    groups = {"all": np.ones(len(test), bool), "catalogue": test.source != "worn", "worn": test.source == "worn"}
+    results: dict[str, dict] = {}
+    for name in args.models:
+        out = Path(args.runs) / name
+        wall = None
+        if not (args.reuse and (out / "model.json").is_file()):
+            t0 = time.time()
+            train(load_config(f"configs/{name}.yaml", {"data": args.data, "out": str(out), "progress": False}))
+            wall = time.time() - t0
+        meta = json.loads((out / "model.json").read_text())
+        wall = wall if wall is not None else meta["training"]["history"].get("wall_seconds")
+        t0 = time.time()
+        probs = predict_table(Classifier(out), test, progress=False)
+        eval_s = time.time() - t0
+        results[name] = {"train_wall_seconds": wall, "eval_seconds": round(eval_s, 1)}
+        print(f"\n## {name}  (training wall time {wall:.0f} s; test evaluation {eval_s:.0f} s for {len(test)} photos)")
+        for g, sel in groups.items():
+            per = attribute_metrics(probs[sel], test.y[sel])
+            base = attribute_metrics(majority_baseline(y_train, test.y[sel]), test.y[sel])
+            s, sb = summarize(per), summarize(base)
+            results[name][g] = {"summary": s, "majority": sb, "per_attribute": per}
+            print(f"\n### {name} / {g}: {int(sel.sum())} photos — mean accuracy {s['mean_accuracy']:.4f} "
+                  f"(majority {sb['mean_accuracy']:.4f}), mean balanced accuracy "
+                  f"{s['mean_balanced_accuracy']:.4f} (majority {sb['mean_balanced_accuracy']:.4f}, "
+                  f"{s['n_attributes_in_balanced_mean']} attributes)\n")
+            print(table(per, base))
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+    print("\n* fewer than 10 labels of a class in this group: left out of the mean balanced accuracy\n")
+    for tname, (model, group, metric, goal) in TARGETS.items():
+        if model not in results:
+            continue
+        v = results[model][group]["summary"][metric]
+        print(f"target {tname}: {v:.4f} (goal >= {goal}) {'PASS' if v >= goal else 'FAIL'}")
+
+
+if __name__ == "__main__":
+    main()

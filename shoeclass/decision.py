@@ -1,0 +1,93 @@
+"""The decision layer: calibrated photos -> cluster -> fused item attributes (paper, section 1).
+
+Fitted on the validation split after the heads, stored in the model metadata:
+
+* temperature scaling per head and for the cluster gate (``calibration.py``);
+* the attribute clusters found by hierarchical clustering of the training labels
+  (``hierarchy.py``) and the gate's posterior over them, with the wrong-cluster check;
+* Bayesian fusion of the item's M×14 matrix with per-photo suitability weights and a
+  correlation correction fitted on simulated multi-photo validation items (``fusion.py``).
+"""
+from __future__ import annotations
+
+import numpy as np
+from scipy.special import expit
+
+from .attributes import OUTPUT_KEYS
+from .calibration import SoftmaxTemperature, TemperatureScaling
+from .fusion import BayesianFusion
+from .hierarchy import AttributeClusters
+
+__all__ = ["DecisionLayer"]
+
+NF = OUTPUT_KEYS.index("not_footwear")
+
+
+class DecisionLayer:
+    """Turns the raw head outputs of an item's photos into item probabilities and a cluster.
+
+    Args:
+        calibration: per-head temperatures (None: raw sigmoid).
+        clusters: the attribute clusters; with ``gate_calibration`` enables the cluster stage.
+        gate_calibration: the gate's softmax temperature.
+        fusion: the Bayesian fusion (None: mean of the photos).
+    """
+
+    def __init__(self, calibration: TemperatureScaling | None = None, clusters: AttributeClusters | None = None,
+                 gate_calibration: SoftmaxTemperature | None = None, fusion: BayesianFusion | None = None) -> None:
+        self.calibration, self.clusters = calibration, clusters
+        self.gate_calibration, self.fusion = gate_calibration, fusion
+
+    def photo_probs(self, logits: np.ndarray) -> np.ndarray:
+        """(M, 14) calibrated per-photo probabilities."""
+        return self.calibration.transform(logits) if self.calibration else expit(logits)
+
+    def gate_probs(self, gate_logits: np.ndarray) -> np.ndarray:
+        """(M, C) calibrated cluster posteriors per photo."""
+        if self.gate_calibration is not None:
+            return self.gate_calibration.transform(gate_logits)
+        e = np.exp(gate_logits - gate_logits.max(-1, keepdims=True))
+        return e / e.sum(-1, keepdims=True)
+
+    def weights(self, suitability: np.ndarray | None) -> np.ndarray | None:
+        """(M, 14) fusion weights: how suitable each photo is for each output (not_footwear: 1)."""
+        if suitability is None:
+            return None
+        w = np.clip(suitability, 0.0, 1.0).copy()
+        w[:, NF] = 1.0
+        return w
+
+    def fuse(self, probs: np.ndarray, suitability: np.ndarray | None = None) -> np.ndarray:
+        """(M, 14) -> (14,) item probabilities."""
+        if self.fusion is None:
+            return probs.mean(0)
+        return self.fusion.fuse(probs, self.weights(suitability))
+
+    def item(self, logits: np.ndarray, gate_logits: np.ndarray | None = None,
+             suitability: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, dict | None]:
+        """Per-photo probabilities (M, 14), the item's fused probabilities (14,) and its cluster."""
+        probs = self.photo_probs(logits)  # (M, 14)
+        fused = self.fuse(probs, suitability)  # (14,)
+        cluster = None
+        if self.clusters is not None and gate_logits is not None:
+            post = self.gate_probs(gate_logits).mean(0)  # (C,) the item's cluster posterior
+            best = int(np.argmax(post))
+            firing = self.clusters.atypical_firing(post, fused)
+            cluster = {"name": self.clusters.clusters_[best].name, "index": best,
+                       "probability": round(float(post[best]), 6), "atypical_firing": firing,
+                       "wrong_cluster": bool(firing)}
+        return probs, fused, cluster
+
+    def to_dict(self) -> dict:
+        return {"calibration": self.calibration.to_dict() if self.calibration else None,
+                "clusters": self.clusters.to_dict() if self.clusters else None,
+                "gate_calibration": self.gate_calibration.to_dict() if self.gate_calibration else None,
+                "fusion": self.fusion.to_dict() if self.fusion else None}
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> "DecisionLayer":
+        d = d or {}
+        return cls(TemperatureScaling.from_dict(d["calibration"]) if d.get("calibration") else None,
+                   AttributeClusters.from_dict(d["clusters"]) if d.get("clusters") else None,
+                   SoftmaxTemperature.from_dict(d["gate_calibration"]) if d.get("gate_calibration") else None,
+                   BayesianFusion.from_dict(d["fusion"]) if d.get("fusion") else None)

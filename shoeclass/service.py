@@ -1,0 +1,310 @@
+"""HTTP JSON API for declaration software: the photos of an item in, ``ItemResult.to_dict()`` out.
+
+The model is loaded once, when the app is created; requests share it and run their CPU-bound
+classification in the threadpool, at most ``max_concurrent`` at a time (the trunk already uses
+every core, more at once only costs memory). Limits on request, photo size and photo count are
+checked before anything is decoded; every error is JSON ``{"detail": str, ...}`` and never a
+traceback. The request and response formats are in docs/service.md.
+
+Example:
+    >>> app = create_app("weights/default")          # doctest: +SKIP
+    >>> serve("127.0.0.1", 8080, "weights/default")   # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import argparse
+import base64
+import binascii
+import logging
+import math
+import threading
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from . import __version__
+from .api import Classifier
+from .result import SCHEMA_VERSION
+from .tariff import DeclaredFacts
+
+__all__ = ["create_app", "serve", "add_serve_parser", "DECLARED_FIELDS"]
+
+logger = logging.getLogger(__name__)
+
+MB = 1024 * 1024
+# Request field -> DeclaredFacts field; the long names are accepted too.
+DECLARED_FIELDS = {"upper": "upper_material", "sole": "sole_material", "insole_cm": "insole_cm",
+                   "gender": "gender", "waterproof_construction": "waterproof_construction",
+                   "metal_toecap": "metal_toecap", "heel_sole_cm": "heel_sole_cm",
+                   "sports_kind": "sports_kind", "indoor": "indoor", "wood_base": "wood_base"}
+_ALIASES = {**DECLARED_FIELDS, "upper_material": "upper_material", "sole_material": "sole_material"}
+FormStr = Annotated[str | None, Form()]
+
+
+def _error(status: int, detail: str, errors: list[dict] | None = None) -> JSONResponse:
+    return JSONResponse({"detail": detail, "errors": errors or []}, status_code=status)
+
+
+class Rejected(HTTPException):
+    """A request refused because of one field: ``{"detail": "field: message", "errors": [...]}``."""
+
+    def __init__(self, status: int, field: str, message: str) -> None:
+        super().__init__(status, f"{field}: {message}")
+        self.field, self.message = field, message
+
+
+def _field(loc: tuple) -> str:
+    """Pydantic's ("body", "items", 0, "photos") as items[0].photos, the form used in every message."""
+    out = ""
+    for part in loc:
+        if part == "body":
+            continue
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "body"
+
+
+class _Guard:
+    """ASGI middleware: refuses bodies over ``max_bytes`` (Content-Length first, then the bytes
+    actually received) and turns any unexpected exception into a generic JSON 500."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        too_big = Rejected(413, "body", f"request body over the limit of {self.max_bytes} bytes")
+        length = dict(scope["headers"]).get(b"content-length", b"")
+        if length.isdigit() and int(length) > self.max_bytes:  # refused before a byte of it is read
+            return await _error(413, too_big.detail, [{"field": "body", "message": too_big.message}])(
+                scope, receive, send)
+        received, started = 0, False
+
+        async def counting_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.max_bytes:
+                raise too_big
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started |= message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, tracking_send)
+        except Rejected as exc:  # raised by counting_receive outside a route's handlers
+            if started:
+                raise
+            await _error(exc.status_code, exc.detail, [{"field": exc.field, "message": exc.message}])(
+                scope, receive, send)
+        except Exception:
+            logger.exception("unexpected error on %s %s", scope.get("method"), scope.get("path"))
+            if started:
+                raise
+            await _error(500, "internal server error; the server log has the details")(scope, receive, send)
+
+
+def _facts(fields: dict[str, Any], where: str = "") -> DeclaredFacts:
+    """DeclaredFacts from request fields; a bad one is a 422 naming it and the allowed values."""
+    data = {}
+    for name, value in fields.items():
+        if value is None or value == "":
+            continue
+        if name not in _ALIASES:
+            raise Rejected(422, f"{where}{name}", f"unknown declared fact; allowed: {sorted(_ALIASES)}")
+        try:
+            DeclaredFacts.from_dict({_ALIASES[name]: value})
+        except ValueError as exc:
+            raise Rejected(422, f"{where}{name}", str(exc)) from None
+        data[_ALIASES[name]] = value
+    return DeclaredFacts.from_dict(data)
+
+
+def _finite(obj: Any) -> Any:
+    """NaN / inf (e.g. a metric undefined on a tiny test split) as null, so the JSON stays valid."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+class Photo(BaseModel):
+    name: str | None = Field(None, description="file name shown in the result (default photos[j])")
+    data: str = Field(..., description="the encoded image file (JPEG, PNG, WebP), base64")
+
+
+class BatchItem(BaseModel):
+    id: str | None = Field(None, description="echoed back with the item's result")
+    photos: list[Photo] = Field(..., min_length=1)
+    declared: dict[str, Any] | None = Field(None, description="the facts of /v1/classify, JSON values")
+    top_k: int | None = Field(None, ge=1, le=100)
+
+
+class BatchRequest(BaseModel):
+    items: list[BatchItem] = Field(..., min_length=1)
+
+
+def create_app(model: str | Path | Classifier | None = None, *, max_photos: int = 12,
+               max_photo_bytes: int = 10 * MB, max_request_bytes: int = 50 * MB,
+               max_batch_items: int = 64, max_concurrent: int = 2) -> FastAPI:
+    """The FastAPI app serving one model.
+
+    Args:
+        model: a model folder, a loaded :class:`Classifier`, or None for the shipped default.
+        max_photos: photos per item (more: 422).
+        max_photo_bytes: bytes per photo (more: 413).
+        max_request_bytes: bytes per request body (more: 413, before it is read when Content-Length says so).
+        max_batch_items: items per /v1/classify/batch request (more: 422).
+        max_concurrent: classifications running at once; others wait.
+
+    Raises:
+        CheckpointError: the model folder cannot be loaded.
+    """
+    for name, value in [("max_photos", max_photos), ("max_photo_bytes", max_photo_bytes),
+                        ("max_request_bytes", max_request_bytes), ("max_batch_items", max_batch_items),
+                        ("max_concurrent", max_concurrent)]:
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+    clf = model if isinstance(model, Classifier) else Classifier(model)
+    meta = clf.meta
+    slots = threading.BoundedSemaphore(max_concurrent)
+    limits = {"max_photos": max_photos, "max_photo_bytes": max_photo_bytes,
+              "max_request_bytes": max_request_bytes, "max_batch_items": max_batch_items}
+    logger.info("serving model %s (%s)", clf.path, meta["sha256"][:12])
+
+    app = FastAPI(title="shoeclass", version=__version__,
+                  description="Visual attributes of footwear photos and their TN VED / HS 6401-6405 codes. "
+                              f"Results follow schema_version {SCHEMA_VERSION} (docs/service.md).")
+    app.add_middleware(_Guard, max_bytes=max_request_bytes)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = []
+        for e in exc.errors():
+            msg = e["msg"]
+            if e["type"] == "json_invalid":
+                msg = f"invalid JSON at character {e['loc'][-1]}: {e.get('ctx', {}).get('error', '')}"
+            errors.append({"field": _field(e["loc"][:1] if e["type"] == "json_invalid" else e["loc"]),
+                           "message": msg})
+        return _error(422, "; ".join(f"{e['field']}: {e['message']}" for e in errors), errors)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _refused(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        field = getattr(exc, "field", None)
+        errors = [{"field": field, "message": exc.message}] if field else []
+        return _error(exc.status_code, str(exc.detail), errors)
+
+    def check_photos(sizes: list[int], where: str = "") -> None:
+        if len(sizes) > max_photos:
+            raise Rejected(422, f"{where}photos", f"{len(sizes)} photos, at most {max_photos} per item")
+        for j, size in enumerate(sizes):
+            if size > max_photo_bytes:
+                raise Rejected(413, f"{where}photos[{j}]", f"{size} bytes, at most {max_photo_bytes} per photo")
+
+    def classify(blobs: list[bytes], names: list[str], facts: DeclaredFacts, top_k: int | None) -> dict:
+        with slots:
+            result = clf.classify(blobs, declared=facts, **({} if top_k is None else {"top_k": top_k}))
+        for p, name in zip(result.photos, names):  # "<bytes #j>" in the API; the client knows file names
+            if p.error and p.error.startswith(p.photo + ": "):
+                p.error = name + p.error[len(p.photo):]
+            p.photo = name
+        return result.to_dict()
+
+    @app.get("/healthz", summary="liveness: the model is loaded")
+    async def healthz() -> dict:
+        return {"status": "ok", "model": clf.info}
+
+    @app.get("/v1/model", summary="the model card: attributes, backbone, version, metrics, checksum")
+    async def model_info() -> JSONResponse:
+        metrics = meta.get("metrics", {})
+        return JSONResponse(_finite({
+            "name": clf.path.name, "backbone": meta["backbone"], "attributes": meta["attributes"],
+            "version": {"shoeclass": __version__, "format": meta.get("format_version"),
+                        "schema": SCHEMA_VERSION},
+            "metrics": {split: m.get("all", {}).get("summary") for split, m in metrics.items()
+                        if isinstance(m, dict)},
+            "sha256": meta["sha256"], "trunk_sha256": meta.get("trunk", {}).get("sha256"),
+            "preprocessing": meta.get("preprocessing"), "limits": limits}))
+
+    @app.post("/v1/classify", summary="classify the photos of one item",
+              response_description="ItemResult.to_dict() (docs/service.md)")
+    async def classify_one(request: Request,
+                           photos: Annotated[list[UploadFile], File(description="the photos of one item")],
+                           upper: FormStr = None, sole: FormStr = None, insole_cm: FormStr = None,
+                           gender: FormStr = None, waterproof_construction: FormStr = None,
+                           metal_toecap: FormStr = None, heel_sole_cm: FormStr = None,
+                           sports_kind: FormStr = None, indoor: FormStr = None, wood_base: FormStr = None,
+                           top_k: Annotated[int | None, Form(ge=1, le=100)] = None) -> JSONResponse:
+        # The fact parameters document the form in OpenAPI; the values are taken from the parsed
+        # form, where the long DeclaredFacts names are accepted too and a typo must not pass silently.
+        form = await request.form()
+        unknown = sorted(set(form.keys()) - set(_ALIASES) - {"photos", "top_k"})
+        if unknown:
+            raise Rejected(422, unknown[0], f"unknown form field; allowed: photos, top_k, {sorted(_ALIASES)}")
+        facts = _facts({k: form.get(k) for k in _ALIASES if k in form})
+        check_photos([p.size or 0 for p in photos])
+        blobs = [await p.read() for p in photos]  # all in memory at most max_request_bytes
+        check_photos([len(b) for b in blobs])
+        names = [p.filename or f"photos[{j}]" for j, p in enumerate(photos)]
+        return JSONResponse(await run_in_threadpool(classify, blobs, names, facts, top_k))
+
+    @app.post("/v1/classify/batch", summary="classify several items (JSON, base64 photos)",
+              response_description='{"schema_version", "items": [{"id", "result": ItemResult.to_dict()}]}')
+    async def classify_batch(body: BatchRequest) -> JSONResponse:
+        if len(body.items) > max_batch_items:
+            raise Rejected(422, "items", f"{len(body.items)} items, at most {max_batch_items} per request")
+        jobs = []
+        for i, item in enumerate(body.items):
+            where = f"items[{i}]."
+            blobs = []
+            for j, p in enumerate(item.photos):
+                try:
+                    blobs.append(base64.b64decode(p.data, validate=True))
+                except (binascii.Error, ValueError):
+                    raise Rejected(422, f"{where}photos[{j}].data", "not valid base64") from None
+            check_photos([len(b) for b in blobs], where)
+            names = [p.name or f"photos[{j}]" for j, p in enumerate(item.photos)]
+            jobs.append((item.id, blobs, names, _facts(item.declared or {}, where + "declared."), item.top_k))
+        results = [{"id": job[0], "result": await run_in_threadpool(classify, *job[1:])} for job in jobs]
+        return JSONResponse({"schema_version": SCHEMA_VERSION, "items": results})
+
+    return app
+
+
+def serve(host: str = "127.0.0.1", port: int = 8080, model: str | Path | None = None, **limits: int) -> None:
+    """Load the model and serve the API with uvicorn until interrupted."""
+    import uvicorn
+
+    uvicorn.run(create_app(model, **limits), host=host, port=port, log_level="info")
+
+
+def add_serve_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register ``shoeclass serve [--host 127.0.0.1] [--port 8080] [--model PATH]``."""
+    p = subparsers.add_parser("serve", help="serve the HTTP JSON API (docs/service.md)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--model", help="model folder (default: the shipped model)")
+    p.add_argument("--max-photos", type=int, default=12, help="photos per item")
+    p.add_argument("--max-photo-mb", type=float, default=10, help="MB per photo")
+    p.add_argument("--max-request-mb", type=float, default=50, help="MB per request")
+    p.set_defaults(func=_cmd_serve)
+    return p
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    serve(args.host, args.port, args.model, max_photos=args.max_photos,
+          max_photo_bytes=int(args.max_photo_mb * MB), max_request_bytes=int(args.max_request_mb * MB))
+    return 0

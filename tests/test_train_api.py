@@ -1,0 +1,100 @@
+"""Training on a tiny labels.csv folder, the model folder it writes, and classify_images on it."""
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from shoeclass import classify_images
+from shoeclass.api import Classifier
+from shoeclass.attributes import OUTPUT_KEYS
+from shoeclass.checkpoint import CheckpointError, load_checkpoint
+from shoeclass.cli import main as cli
+from shoeclass.train import load_config, train
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tiny_dataset, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("model")
+    cfg = load_config("configs/efficientnet_lite0.yaml", {
+        "data": str(tiny_dataset), "out": str(tmp / "m"), "epochs": 3, "cache_dir": str(tmp / "cache"),
+        "progress": False, "aug_views": 1})
+    return train(cfg)
+
+
+def test_model_folder_holds_tensors_metadata_and_config(tiny_model):
+    meta = json.loads((tiny_model / "model.json").read_text())
+    assert meta["attributes"] == list(OUTPUT_KEYS)
+    assert meta["backbone"] == "efficientnet_lite0"
+    assert len(meta["sha256"]) == 64 and len(meta["trunk"]["sha256"]) == 64
+    assert meta["training"]["config"]["epochs"] == 3
+    assert meta["training"]["data"]["train"]["photos"] == 24
+    assert "test" in meta["metrics"] and meta["decision"]["calibration"] is not None
+    assert (tiny_model / "config.yaml").is_file()
+
+
+def test_classify_accepts_every_input_type_and_keeps_good_photos(tiny_model, tiny_dataset):
+    path = tiny_dataset / "images" / "p000.jpg"
+    img = Image.open(path)
+    r = classify_images([str(path), path.read_bytes(), img, np.asarray(img), b"not an image"], model=tiny_model)
+    d = r.to_dict()
+    assert [p["error"] is None for p in d["photos"]] == [True, True, True, True, False]
+    assert "<bytes #4>" in d["photos"][4]["error"]
+    assert set(d["attributes"]) == set(OUTPUT_KEYS)
+    assert np.asarray(d["matrix"]).shape == (4, 14)
+    for p in d["photos"][:4]:  # the same photo in four forms gives the same values
+        assert p["attributes"] == pytest.approx(d["photos"][0]["attributes"], abs=1e-4)
+    assert all(0.0 <= v <= 1.0 for v in d["attributes"].values())
+    json.dumps(d)  # JSON-serialisable
+
+
+def test_all_photos_bad_gives_error_status(tiny_model):
+    d = classify_images([b"", b"xx"], model=tiny_model).to_dict()
+    assert d["status"] == "error" and d["attributes"] is None and len(d["photos"]) == 2
+
+
+def test_declared_facts_reach_the_tariff_and_bad_ones_raise(tiny_model, tiny_dataset):
+    photo = str(tiny_dataset / "images" / "p001.jpg")
+    d = classify_images(photo, model=tiny_model, declared={"upper_material": "leather", "sole_material": "rubber"}).to_dict()
+    assert d["tariff"]["status"] in ("ok", "needs_review")
+    with pytest.raises(ValueError, match="upper_material"):
+        classify_images(photo, model=tiny_model, declared={"upper_material": "gold"})
+
+
+def test_tampered_tensors_are_refused(tiny_model, tmp_path):
+    import shutil
+
+    copy = tmp_path / "m"
+    shutil.copytree(tiny_model, copy)
+    data = bytearray((copy / "model.safetensors").read_bytes())
+    data[-1] ^= 0xFF
+    (copy / "model.safetensors").write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="sha256"):
+        load_checkpoint(copy)
+
+
+def test_cli_classify_and_evaluate(tiny_model, tiny_dataset, tmp_path, capsys):
+    assert cli(["classify", str(tiny_dataset / "images" / "p000.jpg"), "--model", str(tiny_model), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert set(out["attributes"]) == set(OUTPUT_KEYS)
+    report = tmp_path / "r.json"
+    assert cli(["evaluate", "--data", str(tiny_dataset), "--model", str(tiny_model), "--json", str(report),
+                "--plots", str(tmp_path / "plots"), "--no-progress"]) == 0
+    assert json.loads(report.read_text())["data"]["photos"] == 6
+    assert (tmp_path / "plots" / "reliability.png").is_file()
+    assert cli(["clusters", "--model", str(tiny_model)]) == 0
+    assert "not footwear" in capsys.readouterr().out
+
+
+def test_lenet_trains_one_epoch(tiny_dataset, tmp_path):
+    cfg = load_config("configs/lenet.yaml", {"data": str(tiny_dataset), "out": str(tmp_path / "l"), "epochs": 1,
+                                             "batch_size": 8, "cache_dir": str(tmp_path / "c"), "progress": False})
+    folder = train(cfg)
+    clf = Classifier(folder)
+    r = clf.classify(str(tiny_dataset / "images" / "p002.jpg"))
+    assert r.probs.shape == (14,)
+
+
+def test_unknown_config_key_is_named():
+    with pytest.raises(ValueError, match="unknown config key"):
+        load_config(None, {"epochz": 3})
