@@ -68,12 +68,14 @@ def main() -> None:
         meta = json.loads((out / "model.json").read_text())
         wall = wall if wall is not None else meta["training"]["history"].get("wall_seconds")
         t0 = time.time()
-        probs = predict_table(Classifier(out), test, progress=False)
+        clf = Classifier(out)
+        probs = predict_table(clf, test, progress=False)
         eval_s = time.time() - t0
         results[name] = {"train_wall_seconds": wall, "eval_seconds": round(eval_s, 1)}
-        print(f"\n## {name}  (training wall time {wall:.0f} s; test evaluation {eval_s:.0f} s for {len(test)} photos)")
+        print(f"\n## {name}  (decision thresholds tuned on val: {np.round(clf.thresholds, 2).tolist()})")
+        print(f"(training wall time {wall:.0f} s; test evaluation {eval_s:.0f} s for {len(test)} photos)")
         for g, sel in groups.items():
-            per = attribute_metrics(probs[sel], test.y[sel])
+            per = attribute_metrics(probs[sel], test.y[sel], thresholds=clf.thresholds)
             base = attribute_metrics(majority_baseline(y_train, test.y[sel]), test.y[sel])
             s, sb = summarize(per), summarize(base)
             results[name][g] = {"summary": s, "majority": sb, "per_attribute": per}

@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import resource
 import subprocess
 import sys
@@ -99,7 +100,7 @@ def child_infer(backbone: str, mode: str, quick: bool) -> dict:
     flops = _flops(net, x1) * (N_LITERAL if mode == "literal" else 1)
     weight_bytes = sum(p.numel() * p.element_size() for p in net.parameters())
     n_single = {"vgg19": 1 if quick else 3, "vgg16": 2 if quick else 10,
-                "efficientnet_lite0": 10 if quick else 60, "lenet": 30 if quick else 300}[backbone]
+                "efficientnet_lite0": 5 if quick else 60, "lenet": 30 if quick else 300}[backbone]
     n_batches = {"vgg19": 1 if quick else 3, "vgg16": 1 if quick else 4,
                  "efficientnet_lite0": 2 if quick else 10, "lenet": 4 if quick else 40}[backbone]
     bf16 = False
@@ -112,7 +113,7 @@ def child_infer(backbone: str, mode: str, quick: bool) -> dict:
             with torch.inference_mode(), autocast(bf16):
                 net(xb.contiguous(memory_format=torch.channels_last))
 
-        photos, sec = BATCH, _timed(step, n_batches, warmup=2)
+        photos, sec = BATCH, _timed(step, n_batches, warmup=1 if quick else 2)
     else:
         reps = N_LITERAL if mode == "literal" else 1
 
@@ -121,7 +122,7 @@ def child_infer(backbone: str, mode: str, quick: bool) -> dict:
                 for _ in range(reps):
                     net(x1)
 
-        for _ in range(3):  # oneDNN builds its kernels on the first calls
+        for _ in range(1 if mode == "literal" else 3):  # oneDNN builds its kernels on the first calls
             step(1)
         photos, sec = 1, _timed(step, n_single, warmup=0)
     pps = photos / sec
@@ -188,6 +189,9 @@ def child_heads(data: str, quick: bool) -> dict:
     model = build_model(cfg.model, weights=cfg.trunk_weights)
     cached = _cached_views(cfg, model.trunk, tr, va)
     reps = 1 + cfg.aug_views
+    epochs = cfg.epochs
+    if quick:  # one epoch on the unaugmented rows, scaled to every view and epoch: an upper bound
+        cached, reps, cfg.epochs, cfg.patience = None, 1, 1, 1
     if cached:
         feats = {n: trunk_features(model.trunk, t, p, cfg.cache_dir, view=v, trunk_sha=cached["sha"], progress=False)
                  for n, (t, p, v) in cached["want"].items()}
@@ -198,13 +202,10 @@ def child_heads(data: str, quick: bool) -> dict:
         x = rng.standard_normal((reps * len(tr), model.trunk.dim), dtype=np.float32)
         x_val = rng.standard_normal((len(va), model.trunk.dim), dtype=np.float32)
         cfg.patience = cfg.epochs
-    epochs = cfg.epochs
-    if quick:
-        cfg.epochs = cfg.patience = 2
     hist = fit_heads(model.heads, x, np.tile(tr.y, (reps, 1)), np.tile(sample_weights(tr, cfg), reps),
                      x_val, va.y, cfg, gate_targets=np.tile(gate_targets(clusters, tr.y), reps),
                      suit_targets=np.tile(suitability_targets(tr), (reps, 1)))
-    sec = hist["seconds"] * (epochs / cfg.epochs if quick else 1)
+    sec = hist["seconds"] * ((1 + cfg.aug_views) * epochs if quick else 1)
     return {"seconds": sec, "features": "cache" if cached else "random", "rows": int(len(x)),
             "dim": int(x.shape[1]), "epochs_run": hist["epochs_run"], "epochs_configured": epochs,
             "extrapolated": quick, "peak_rss_mib": _rss_mib(), "threads": torch.get_num_threads()}
@@ -272,7 +273,7 @@ def child_lenet(data: str, quick: bool) -> dict:
     steps = math.ceil(len(tr) / cfg.batch_size)
     epoch_s = steps * step_s + n_val * pred_s  # train steps + the validation pass
     # First run only: decode and preprocess every photo into the pixel cache.
-    paths = table.paths()[:: max(1, len(table) // (20 if quick else 100))]
+    paths = table.paths()[:: max(1, len(table) // (10 if quick else 100))]
     decode_s = 0.0 if cache.is_file() else _timed(lambda: [preset.pixels(load_image(p)) for p in paths], 1, 0) / len(paths)
     total = cfg.epochs * epoch_s + (n_val + n_test) * pred_s + len(table) * decode_s
     return {"step_s": step_s, **{f"{k}_s": v / n_steps for k, v in phase.items()}, "steps_per_epoch": steps, "epoch_s": epoch_s, "epochs": cfg.epochs,
@@ -304,10 +305,14 @@ def child(argv: list[str]) -> dict:
 
 # ---------------------------------------------------------------- orchestration
 
+THREADS: int | None = None
+
+
 def run_child(*argv: str, quick: bool) -> dict:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", *argv] + (["--quick"] if quick else [])
+    env = dict(os.environ, OMP_NUM_THREADS=str(THREADS)) if THREADS else None
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env)
     if proc.returncode != 0:
         tail = proc.stderr.strip().splitlines()[-1:] or ["?"]
         print(f"  {' '.join(argv)}: FAILED ({tail[0]})", flush=True)
@@ -330,13 +335,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data"))
     ap.add_argument("--model", default=str(ROOT / "weights" / "default"), help="model for the bf16/fp32 agreement")
     ap.add_argument("--json", type=Path, help="also write every measurement here")
+    ap.add_argument("--threads", type=int, help="OMP_NUM_THREADS for every measurement (default: all cores)")
     args = ap.parse_args(argv)
     q = args.quick
+    global THREADS
+    THREADS = args.threads
     import torch
 
     from shoeclass.runtime import cpu_has_bf16
 
-    print(f"shoeclass speed ({'quick' if q else 'full'}): torch {torch.__version__}, {torch.get_num_threads()} threads, "
+    print(f"shoeclass speed ({'quick' if q else 'full'}): torch {torch.__version__}, "
+          f"{THREADS or os.environ.get('OMP_NUM_THREADS') or os.cpu_count()} threads, "
           f"cpu_has_bf16={cpu_has_bf16()}", flush=True)
     res: dict = {"baseline": run_child("baseline", quick=q), "matmul": run_child("matmul", quick=q)}
     configs = [("vgg19", "literal"), ("vgg19", "batched"), ("efficientnet_lite0", "single"),

@@ -39,6 +39,7 @@ class Variable:
     attributes: tuple[str, ...] = ()
     absent_value: Value | None = None
     cases: tuple[Mapping[str, Any], ...] = ()
+    prior: Mapping[Value, float] | None = None  # p(value) when unstated and not seen in the photo
 
     def from_fact(self, fact: Any) -> Value:
         """Maps a stated fact (already validated) to one of ``values``."""
@@ -53,7 +54,8 @@ class Variable:
         raise ValueError(f"rules: variable {self.name!r} has no case for {fact!r}")
 
     def distribution(self, probs: Mapping[str, float], facts: Mapping[str, Any]) -> dict[Value, float]:
-        """p(value) from the stated fact, else the attribute prior, else a uniform split."""
+        """p(value) from the stated fact, else the attribute prior, else the variable's prior from
+        the rules file, else a uniform split."""
         if self.field is not None and facts.get(self.field) is not None:
             return {self.from_fact(facts[self.field]): 1.0}
         if self.attributes:
@@ -70,6 +72,8 @@ class Variable:
             dist = {v: p / len(others) for v in others}
             dist[self.absent_value] = 1.0 - p
             return dist
+        if self.prior is not None:
+            return dict(self.prior)
         return {v: 1.0 / len(self.values) for v in self.values}
 
 
@@ -161,6 +165,15 @@ def _parse_node(raw: Mapping[str, Any], parent: Node | None, variables: Mapping[
     return node
 
 
+def _prior(name: str, spec: Mapping[str, Any]) -> dict | None:
+    prior = spec.get("prior")
+    if prior is None:
+        return None
+    if set(prior) != set(spec["values"]) or abs(sum(prior.values()) - 1.0) > 1e-6:
+        raise ValueError(f"rules: variable {name!r} prior must give every value a probability summing to 1")
+    return {k: float(v) for k, v in prior.items()}
+
+
 def load_rules(path: str | Path | None = None) -> RuleSet:
     """Reads and checks a rules YAML (default: the repository's ``configs/tariff_ch64.yaml``).
 
@@ -175,7 +188,8 @@ def load_rules(path: str | Path | None = None) -> RuleSet:
     variables = {
         name: Variable(name=name, values=tuple(spec["values"]), field=spec.get("field"),
                        attribute=spec.get("attribute"), attributes=tuple(spec.get("attributes", ())),
-                       absent_value=spec.get("absent_value"), cases=tuple(spec.get("cases", ())))
+                       absent_value=spec.get("absent_value"), cases=tuple(spec.get("cases", ())),
+                       prior=_prior(name, spec))
         for name, spec in raw["variables"].items()
     }
     notes = {str(k): str(v) for k, v in raw.get("notes", {}).items()}

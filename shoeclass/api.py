@@ -44,7 +44,7 @@ class Classifier:
         self.preset = EvalPreset(self.meta["backbone"])
         self.bf16, self.batch_size = bf16, batch_size
         self.decision = DecisionLayer.from_dict(self.meta.get("decision"))
-        self.thresholds = np.asarray(self.meta.get("thresholds") or [0.5] * 14, dtype=np.float64)
+        self.thresholds = self.decision.thresholds
         self.info = {"name": self.path.name, "backbone": self.meta["backbone"], "sha256": self.meta["sha256"]}
 
     def predict_tensors(self, x: torch.Tensor) -> dict[str, np.ndarray]:

@@ -31,12 +31,15 @@ class DecisionLayer:
         clusters: the attribute clusters; with ``gate_calibration`` enables the cluster stage.
         gate_calibration: the gate's softmax temperature.
         fusion: the Bayesian fusion (None: mean of the photos).
+        thresholds: (14,) per-output decision thresholds on calibrated probabilities (None: 0.5).
     """
 
     def __init__(self, calibration: TemperatureScaling | None = None, clusters: AttributeClusters | None = None,
-                 gate_calibration: SoftmaxTemperature | None = None, fusion: BayesianFusion | None = None) -> None:
+                 gate_calibration: SoftmaxTemperature | None = None, fusion: BayesianFusion | None = None,
+                 thresholds: np.ndarray | None = None) -> None:
         self.calibration, self.clusters = calibration, clusters
         self.gate_calibration, self.fusion = gate_calibration, fusion
+        self.thresholds = np.full(len(OUTPUT_KEYS), 0.5) if thresholds is None else np.asarray(thresholds, float)
 
     def photo_probs(self, logits: np.ndarray) -> np.ndarray:
         """(M, 14) calibrated per-photo probabilities."""
@@ -82,7 +85,8 @@ class DecisionLayer:
         return {"calibration": self.calibration.to_dict() if self.calibration else None,
                 "clusters": self.clusters.to_dict() if self.clusters else None,
                 "gate_calibration": self.gate_calibration.to_dict() if self.gate_calibration else None,
-                "fusion": self.fusion.to_dict() if self.fusion else None}
+                "fusion": self.fusion.to_dict() if self.fusion else None,
+                "thresholds": [float(t) for t in self.thresholds]}
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "DecisionLayer":
@@ -90,4 +94,5 @@ class DecisionLayer:
         return cls(TemperatureScaling.from_dict(d["calibration"]) if d.get("calibration") else None,
                    AttributeClusters.from_dict(d["clusters"]) if d.get("clusters") else None,
                    SoftmaxTemperature.from_dict(d["gate_calibration"]) if d.get("gate_calibration") else None,
-                   BayesianFusion.from_dict(d["fusion"]) if d.get("fusion") else None)
+                   BayesianFusion.from_dict(d["fusion"]) if d.get("fusion") else None,
+                   d.get("thresholds"))

@@ -39,7 +39,7 @@ def evaluate(data: str | Path, model: str | Path | None = None, split: str = "te
         raise ValueError(f"{data}: split {split!r} has no photos; splits present: {sorted(set(table.split))}")
     clf = Classifier(model)
     probs = predict_table(clf, part, progress=progress)
-    report = evaluate_probs(probs, part)
+    report = evaluate_probs(probs, part, clf.thresholds)
     report["ece"] = expected_calibration_error(probs, part.y)
     report["model"] = clf.info
     report["data"] = {"path": str(data), "split": split, "photos": int(len(part))}

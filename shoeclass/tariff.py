@@ -8,7 +8,8 @@ How the probabilities are computed (assumptions):
       visual proxy takes its prior from the attribute (``waterproof_construction`` <- ``waterproof``,
       ``heel_sole_cm`` > 3 <- ``high_heel``, ``indoor``, ``wood_base``; ``sports_kind`` is ``none``
       with 1 - p(``sports``), the four sports kinds share p(``sports``) equally). Any other unstated
-      fact (materials, metal toe-cap, insole length, gender) is split uniformly over its options.
+      fact takes the prior the rules file gives it (metal toe-cap: 2 %), else is split uniformly over
+      its options (materials, insole length, gender).
     * The four height heads are one categorical variable: their probabilities normalised to sum 1.
     * Siblings are tried in tariff order and the first whose condition holds is taken; the leaf
       probability is the exact sum over the variable values that lead to it.

@@ -154,14 +154,17 @@ def test_bytes_inputs_behave_like_files() -> None:
 
 
 def test_whole_corpus_through_the_classifier(clf: Classifier) -> None:
-    for name, want in CASES.items():
-        d = clf.classify([source(name)]).to_dict()
-        photo = d["photos"][0]
+    """All entries as the photos of one item: each is classified or carries its expected error."""
+    d = clf.classify([source(name) for name in CASES]).to_dict()
+    assert d["attributes"] is not None and d["status"] != "error"
+    for (name, want), photo in zip(CASES.items(), d["photos"]):
         if want == "ok":
-            assert photo["error"] is None and d["attributes"] is not None, name
+            assert photo["error"] is None, (name, photo["error"])
             assert all(0.0 <= p <= 1.0 for p in photo["attributes"].values()), name
         else:
-            assert want in photo["error"] and d["attributes"] is None and d["status"] == "error", name
+            assert want in photo["error"] and photo["attributes"] is None, name
+            alone = clf.classify([source(name)]).to_dict()  # no model run: nothing was readable
+            assert alone["attributes"] is None and alone["status"] == "error", name
 
 
 def test_bad_photos_do_not_cost_the_good_ones(clf: Classifier) -> None:
@@ -193,7 +196,7 @@ def test_classification_writes_nothing(model_dir: Path, tmp_path: Path, monkeypa
         monkeypatch.delenv(var, raising=False)
     before = {BAD: _snapshot(BAD), model_dir: _snapshot(model_dir)}
     clf = Classifier(model_dir)  # loading the model is part of classifying
-    for name in CASES:
-        classify_images([source(name), str(BAD / "photo.webp")], model=clf)
+    classify_images([source(name) for name in CASES], model=clf)
+    classify_images([str(BAD / "truncated.jpg")], model=clf)
     assert os.listdir(cwd) == [] and os.listdir(home) == [] and os.listdir(tmp) == []
     assert {k: _snapshot(k) for k in before} == before
