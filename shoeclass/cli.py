@@ -159,6 +159,10 @@ def get_args_parser() -> argparse.ArgumentParser:
 
     from scraper.cli import add_parsers as add_scraper_parsers
 
+    from .service import add_serve_parser
+
+    add_serve_parser(sub)  # serve
+
     add_scraper_parsers(sub)  # scrape, import-folder, fetch
     return parser
 

@@ -123,7 +123,7 @@ def predict_logits(heads: torch.nn.Module, x: np.ndarray) -> np.ndarray:
 def val_score(logits: np.ndarray, y: np.ndarray) -> float:
     """Mean balanced accuracy; on tiny validation sets (no attribute with 10 of each class) the
     mean over attributes with both classes, then the mean accuracy."""
-    per = attribute_metrics(1 / (1 + np.exp(-logits)), y)
+    per = attribute_metrics(expit(logits), y)
     score = summarize(per)["mean_balanced_accuracy"]
     if np.isnan(score):
         both = [m["balanced_accuracy"] for m in per.values() if m["n_pos"] and m["n_neg"]]

@@ -1,0 +1,62 @@
+"""End to end on the shipped default model and the example photos (no ../shared, no network)."""
+import json
+from pathlib import Path
+
+import pytest
+
+from shoeclass import classify_images
+from shoeclass.api import Classifier
+from shoeclass.attributes import OUTPUT_KEYS
+from shoeclass.checkpoint import DEFAULT_MODEL, read_metadata
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+@pytest.fixture(scope="module")
+def default():
+    return Classifier()
+
+
+def test_shipped_model_carries_its_measured_metrics():
+    meta = read_metadata(DEFAULT_MODEL)
+    assert meta["backbone"] == "efficientnet_lite0"
+    summary = meta["metrics"]["test"]["all"]["summary"]
+    assert 0.9 < summary["mean_balanced_accuracy"] <= 1.0
+    assert meta["training"]["data"]["train"]["photos"] > 20000
+    assert sum(f.stat().st_size for f in DEFAULT_MODEL.iterdir()) < 50 * 2**20
+
+
+@pytest.mark.parametrize("photo, expected", [
+    ("flip_flops.jpg", {"vamp_straps": True, "not_footwear": False, "height_low": True}),
+    ("sandals.jpg", {"vamp_straps": True, "not_footwear": False, "height_low": True}),
+    ("casual_shoes.jpg", {"vamp_straps": False, "not_footwear": False, "height_low": True}),
+    ("sports_shoes.jpg", {"not_footwear": False, "height_low": True, "waterproof": False}),
+    ("tshirt_not_footwear.jpg", {"not_footwear": True}),
+])
+def test_example_photos_are_classified_as_a_person_sees_them(default, photo, expected):
+    d = classify_images(EXAMPLES / photo, model=default).to_dict()
+    assert {k: d["decisions"][k] for k in expected} == expected
+
+
+def test_not_footwear_maps_to_no_heading(default):
+    d = classify_images(EXAMPLES / "tshirt_not_footwear.jpg", model=default).to_dict()
+    assert d["tariff"]["candidates_10"] == [] and d["status"] == "needs_review"
+
+
+def test_item_of_several_photos_with_declared_facts(default):
+    photos = [EXAMPLES / "sandals.jpg", EXAMPLES / "flip_flops.jpg"]
+    d = classify_images(photos, model=default, declared={"upper_material": "rubber", "sole_material": "rubber"}).to_dict()
+    assert len(d["photos"]) == 2 and len(d["matrix"]) == 2
+    assert set(d["attributes"]) == set(OUTPUT_KEYS)
+    top = d["tariff"]["candidates_10"][0]["code"]
+    assert top.startswith("64") and len(top) == 10
+    json.dumps(d)
+
+
+def test_bf16_and_fp32_agree_on_the_examples():
+    fp32 = Classifier(bf16=False)
+    bf16 = Classifier(bf16=True)
+    for photo in sorted(EXAMPLES.glob("*.jpg")):
+        a = fp32.classify(photo).to_dict()["decisions"]
+        b = bf16.classify(photo).to_dict()["decisions"]
+        assert a == b, photo.name
