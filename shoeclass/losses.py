@@ -25,18 +25,22 @@ def class_weights(y: np.ndarray, power: float = 1.0) -> np.ndarray:
     return np.stack([w_neg, w_pos]).astype(np.float32)
 
 
-def masked_bce(logits: torch.Tensor, y: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+def masked_bce(logits: torch.Tensor, y: torch.Tensor, weights: torch.Tensor | None = None,
+               sample_weights: torch.Tensor | None = None) -> torch.Tensor:
     """Mean binary cross-entropy over the labels that are 0 or 1.
 
     Args:
         logits: (B, K) binary logits.
         y: (B, K) labels; 0.5 entries are masked out.
         weights: optional (2, K) weights for negatives / positives (see :func:`class_weights`).
+        sample_weights: optional (B,) weight per photo (e.g. more weight for rare sources).
     """
     known = y != MASK  # (B, K)
     target = torch.where(known, y, torch.zeros_like(y))
     loss = F.binary_cross_entropy_with_logits(logits, target, reduction="none")  # (B, K)
     if weights is not None:
         loss = loss * torch.where(target > 0.5, weights[1], weights[0])
+    if sample_weights is not None:
+        loss = loss * sample_weights[:, None]
     loss = torch.where(known, loss, torch.zeros_like(loss))  # zero value and zero gradient
     return loss.sum() / known.sum().clamp(min=1)

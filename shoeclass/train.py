@@ -58,6 +58,7 @@ class TrainConfig:
     balance: float = 1.0  # class reweighting power, see losses.class_weights
     aug_views: int = 2  # augmented views of each training photo in the feature cache
     source_weights: dict = field(default_factory=dict)  # e.g. {worn: 2.0}
+    ema: float = 0.0  # heads on cached features: decay of the weight average (0 = off)
     seed: int = 0
     cache_dir: str = ".cache/features"
     progress: bool = True
@@ -155,14 +156,17 @@ def fit_heads(heads: torch.nn.Module, x: np.ndarray, y: np.ndarray, w: np.ndarra
     xt, yt, wt = torch.from_numpy(x), torch.from_numpy(y), torch.from_numpy(w)
     gt = torch.from_numpy(gate_targets) if gate_targets is not None else None
     st = torch.from_numpy(suit_targets) if suit_targets is not None else None
+    # Evaluate and keep an exponential moving average of the weights: on frozen features the
+    # validation score of the raw weights jumps from epoch to epoch.
+    ema = torch.optim.swa_utils.AveragedModel(heads, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.ema),
+                                              use_buffers=True) if cfg.ema else None
     best, best_state, best_epoch, bad = -1.0, None, -1, 0
     for epoch in range(cfg.epochs):
         heads.train()
         for idx in torch.randperm(len(xt)).split(cfg.batch_size):
             out = heads(xt[idx])
             yb = yt[idx]
-            # sample weights enter by scaling the known-label mask's contribution per row
-            loss = masked_bce(out["logits"], yb, cw * 1.0) if wt is None else _weighted(out["logits"], yb, cw, wt[idx])
+            loss = masked_bce(out["logits"], yb, cw, wt[idx])
             if gt is not None and "gate" in out:
                 g = gt[idx]
                 if (g >= 0).any():
@@ -172,11 +176,14 @@ def fit_heads(heads: torch.nn.Module, x: np.ndarray, y: np.ndarray, w: np.ndarra
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            if ema is not None:
+                ema.update_parameters(heads)
         sched.step()
-        score = val_score(predict_logits(heads, x_val), y_val)
+        current = ema.module if ema is not None else heads
+        score = val_score(predict_logits(current, x_val), y_val)
         logger.info("epoch %d val mean balanced accuracy %.4f", epoch, score)
         if score > best:
-            best, best_state, best_epoch, bad = score, copy.deepcopy(heads.state_dict()), epoch, 0
+            best, best_state, best_epoch, bad = score, copy.deepcopy(current.state_dict()), epoch, 0
         else:
             bad += 1
             if bad >= cfg.patience:
@@ -184,15 +191,6 @@ def fit_heads(heads: torch.nn.Module, x: np.ndarray, y: np.ndarray, w: np.ndarra
     heads.load_state_dict(best_state)
     return {"epochs_run": epoch + 1, "best_epoch": best_epoch, "val_mean_balanced_accuracy": best,
             "seconds": round(time.time() - t0, 1)}
-
-
-def _weighted(logits: torch.Tensor, y: torch.Tensor, cw: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    known = y != MASK
-    target = torch.where(known, y, torch.zeros_like(y))
-    loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, target, reduction="none")
-    loss = loss * torch.where(target > 0.5, cw[1], cw[0]) * w[:, None]
-    loss = torch.where(known, loss, torch.zeros_like(loss))
-    return loss.sum() / known.sum().clamp(min=1)
 
 
 def data_summary(table: LabelTable) -> dict:
