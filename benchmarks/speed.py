@@ -392,7 +392,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"heads: {hd['seconds']:.1f} s on {hd['features']} features {hd['rows']}x{hd['dim']}, "
               f"{hd['epochs_run']} epochs run{' (extrapolated to ' + str(hd['epochs_configured']) + ')' if hd['extrapolated'] else ''}")
     if "error" not in le:
-        print(f"lenet: " + (f"measured {le['minutes']:.1f} min ({le['source']})" if "source" in le else
+        print("lenet: " + (f"measured {le['minutes']:.1f} min ({le['source']})" if "source" in le else
               f"{le['step_s']:.3f} s/step (load {le['load_s']:.3f}, augment {le['augment_s']:.3f}, "
               f"fwd+bwd+step {le['fwd_bwd_step_s']:.3f}) x {le['steps_per_epoch']} steps -> {le['epoch_s'] / 60:.1f} min/epoch x "
               f"{le['epochs']} epochs + pixel cache {le['pixel_cache_s'] / 60:.1f} min ({le['pixels']} pixels)"))

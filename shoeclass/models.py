@@ -19,11 +19,10 @@ Every model maps (B, 3, 224, 224) normalised photos to (B, 14) logits: the 13 at
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from .attributes import OUTPUT_KEYS
 

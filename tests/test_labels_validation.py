@@ -115,7 +115,7 @@ def test_training_refuses_an_empty_split_before_it_starts(ds: Path, tmp_path: Pa
     write(ds, [r for r in rows(ds) if r["split"] != "val"])
     cfg = load_config("configs/lenet.yaml", {"data": str(ds), "out": str(tmp_path / "run"),
                                              "cache_dir": str(tmp_path / "cache"), "progress": False})
-    with pytest.raises(ValueError, match="val split is empty"):
+    with pytest.raises(LabelsError, match="the val split has no rows"):
         train(cfg)
     assert not (tmp_path / "cache").exists() and not (tmp_path / "run").exists()
 
