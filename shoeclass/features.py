@@ -57,7 +57,7 @@ def trunk_features(trunk: Trunk, table: LabelTable, preset: EvalPreset, cache_di
 
     bf16 = cpu_has_bf16() if bf16 is None else bf16
     trunk_sha = trunk_sha or state_checksum(trunk)
-    pre = {"preset": type(preset).__name__, "backbone": preset.backbone, "view": view}
+    pre = {"preset": type(preset).__name__, "backbone": preset.backbone, "view": view, "pooling": trunk.pooling}
     path = Path(cache_dir) / f"{trunk.backbone}-{view}-{cache_key(trunk_sha, pre, table, bf16)}.npy"
     if path.is_file():
         logger.info("trunk features from cache %s", path)

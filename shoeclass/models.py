@@ -42,6 +42,7 @@ class ModelConfig:
     dropout: float = 0.0
     n_clusters: int = 0  # size of the cluster gate; 0 = no gate
     suitability: bool = False  # a second set of 14 logits: is the photo suitable for judging it
+    pooling: str = "avgmax"  # convolutional trunks: avgmax | grid (see Trunk)
     lenet_groups: int = 1  # lenet only: 1 = shared trunk, 14 = one network per output
     lenet_width: int = 24
 
@@ -50,19 +51,30 @@ BACKBONES = ("vgg19", "vgg16", "efficientnet_lite0", "lenet")
 
 
 class Trunk(nn.Module):
-    """A frozen ImageNet feature extractor: (B, 3, 224, 224) -> (B, D)."""
+    """A frozen ImageNet feature extractor: (B, 3, 224, 224) -> (B, D).
 
-    def __init__(self, backbone: str, body: nn.Module, dim: int) -> None:
+    Convolutional trunks pool their last feature map: global average and max (``avgmax``), plus
+    with ``grid`` the averages of its four overlapping quadrants, which keep where in the photo a
+    feature is (shaft above the ankle, heel at the back, straps over the toes).
+    """
+
+    def __init__(self, backbone: str, body: nn.Module, dim: int, pooling: str = "avgmax") -> None:
         super().__init__()
-        self.backbone, self.body, self.dim = backbone, body, dim
+        self.backbone, self.body, self.dim, self.pooling = backbone, body, dim, pooling
+
+    def pool(self, fmap: torch.Tensor) -> torch.Tensor:
+        parts = [fmap.mean((2, 3)), fmap.amax((2, 3))]  # (B, C) each
+        if self.pooling == "grid":
+            h, w = fmap.shape[2:]
+            top, left = (h + 1) // 2, (w + 1) // 2  # 7x7 -> overlapping 4x4 quadrants
+            parts += [fmap[:, :, r:r + top, c:c + left].mean((2, 3)) for r in (0, h - top) for c in (0, w - left)]
+        return torch.cat(parts, 1)  # (B, 2C) or (B, 6C)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.backbone == "efficientnet_lite0":
-            fmap = self.body.extract_features(x)  # (B, 1280, 7, 7)
-            return torch.cat([fmap.mean((2, 3)), fmap.amax((2, 3))], 1)  # (B, 2560)
+            return self.pool(self.body.extract_features(x))  # map (B, 1280, 7, 7)
         if self.backbone == "vgg16":
-            fmap = self.body(x)  # (B, 512, 7, 7)
-            return torch.cat([fmap.mean((2, 3)), fmap.amax((2, 3))], 1)  # (B, 1024)
+            return self.pool(self.body(x))  # map (B, 512, 7, 7)
         return self.body(x)  # vgg19: fc7 activations (B, 4096)
 
 
@@ -121,17 +133,19 @@ def _efficientnet_lite0(weights: str | None) -> nn.Module:
     return body
 
 
-_TRUNK_DIMS = {"vgg19": 4096, "vgg16": 1024, "efficientnet_lite0": 2560}
+_MAP_CHANNELS = {"vgg16": 512, "efficientnet_lite0": 1280}
+POOLINGS = ("avgmax", "grid")
 _TRUNK_BUILDERS = {"vgg19": _vgg19_fc7, "vgg16": _vgg16_features, "efficientnet_lite0": _efficientnet_lite0}
 
 
-def build_trunk(backbone: str, weights: str | None = "imagenet") -> Trunk:
+def build_trunk(backbone: str, weights: str | None = "imagenet", pooling: str = "avgmax") -> Trunk:
     """A frozen, eval-mode trunk.
 
     Args:
         backbone: ``vgg19``, ``vgg16`` or ``efficientnet_lite0``.
         weights: ``"imagenet"`` (the locally installed / cached ImageNet weights), a file path, or
             None for random initialisation (tests).
+        pooling: ``avgmax`` or ``grid`` (convolutional trunks; see :class:`Trunk`).
 
     Raises:
         ValueError: unknown backbone. FileNotFoundError: weights missing, with how to get them.
@@ -141,7 +155,10 @@ def build_trunk(backbone: str, weights: str | None = "imagenet") -> Trunk:
     if backbone == "vgg16" and weights == "imagenet":
         raise FileNotFoundError("vgg16 needs a local weights file (torchvision's IMAGENET1K_FEATURES "
                                 "checkpoint, vgg16_features-amdegroot-88682ab5.pth): pass its path")
-    trunk = Trunk(backbone, _TRUNK_BUILDERS[backbone](weights), _TRUNK_DIMS[backbone])
+    if pooling not in POOLINGS:
+        raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+    dim = 4096 if backbone == "vgg19" else _MAP_CHANNELS[backbone] * (6 if pooling == "grid" else 2)
+    trunk = Trunk(backbone, _TRUNK_BUILDERS[backbone](weights), dim, pooling)
     trunk.requires_grad_(False)
     return trunk.eval()
 
@@ -248,5 +265,5 @@ def build_model(cfg: ModelConfig, weights: str | None = "imagenet") -> ShoeNet:
         trunk = LeNet(cfg.lenet_width, cfg.lenet_groups)
         heads = GroupedHeads(trunk.dim, N_OUT) if cfg.lenet_groups > 1 else Heads(trunk.dim, cfg)
         return ShoeNet(cfg, trunk, heads)
-    trunk = build_trunk(cfg.backbone, weights)
+    trunk = build_trunk(cfg.backbone, weights, cfg.pooling)
     return ShoeNet(cfg, trunk, Heads(trunk.dim, cfg))

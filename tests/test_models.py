@@ -68,3 +68,15 @@ def test_efficientnet_lite0_imagenet_weights_load_offline():
     with torch.inference_mode():
         z = trunk(torch.zeros(1, 3, 224, 224))
     assert z.shape == (1, 2560) and torch.isfinite(z).all()
+
+
+def test_grid_pooling_keeps_where_a_feature_is():
+    trunk = build_trunk("vgg16", weights=None, pooling="grid")
+    fmap = torch.zeros(1, 512, 7, 7)
+    fmap[0, 0, 0, 0] = 16.0  # top-left corner only
+    z = trunk.pool(fmap)
+    assert z.shape == (1, 6 * 512) and trunk.dim == 6 * 512
+    quads = z[0].view(6, 512)[2:, 0]  # top-left, top-right, bottom-left, bottom-right
+    assert quads.tolist() == [1.0, 0.0, 0.0, 0.0]
+    with pytest.raises(ValueError, match="pooling"):
+        build_trunk("vgg16", weights=None, pooling="spp")

@@ -235,10 +235,10 @@ def test_settings_are_polite_and_index_finds_near_duplicates(tmp_path: Path) -> 
 
 
 def test_training_runs_one_epoch_on_scraped_data(crawled, tmp_path: Path) -> None:
-    pytest.importorskip("shoeclass.cli", reason="shoeclass.cli (the train command) is not there yet")
     out, _, _ = crawled
     cmd = [sys.executable, "-m", "shoeclass.cli", "train", "--config", "configs/lenet.yaml",
-           "--data", str(out), "--epochs", "1", "--out", str(tmp_path / "run")]
+           "--data", str(out), "--epochs", "1", "--out", str(tmp_path / "run"), "--no-progress",
+           "--set", f"cache_dir={tmp_path / 'cache'}", "batch_size=8"]
     proc = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert any((tmp_path / "run").iterdir())
