@@ -69,7 +69,8 @@ class Variable:
             if self.absent_value is None:  # boolean variable
                 return {True: p, False: 1.0 - p}
             others = [v for v in self.values if v != self.absent_value]
-            dist = {v: p / len(others) for v in others}
+            share = self.prior or {v: 1.0 / len(others) for v in others}
+            dist = {v: p * share[v] for v in others}
             dist[self.absent_value] = 1.0 - p
             return dist
         if self.prior is not None:
@@ -169,8 +170,10 @@ def _prior(name: str, spec: Mapping[str, Any]) -> dict | None:
     prior = spec.get("prior")
     if prior is None:
         return None
-    if set(prior) != set(spec["values"]) or abs(sum(prior.values()) - 1.0) > 1e-6:
-        raise ValueError(f"rules: variable {name!r} prior must give every value a probability summing to 1")
+    # With an attribute and an absent value, the prior shares p(attribute) among the other values.
+    values = [v for v in spec["values"] if "absent_value" not in spec or v != spec["absent_value"]]
+    if set(prior) != set(values) or abs(sum(prior.values()) - 1.0) > 1e-6:
+        raise ValueError(f"rules: variable {name!r} prior must give each of {values} a probability, summing to 1")
     return {k: float(v) for k, v in prior.items()}
 
 

@@ -79,7 +79,8 @@ def cmd_classify(args: argparse.Namespace) -> int:
                 print(f"cluster: {c['name']} (p={c['probability']:.2f}){flag}")
             tariff = data["tariff"]
             for cand in tariff["candidates_10"]:
-                print(f"  {cand['code']}  p={cand['probability']:.3f}  {cand['text'][:70]}")
+                text = cand["text"] if len(cand["text"]) <= 80 else "…" + cand["text"][-79:]
+                print(f"  {cand['code']}  p={cand['probability']:.3f}  {text}")
             if tariff["missing_facts"]:
                 print("facts that would change the code: " + ", ".join(
                     m["fact"] if isinstance(m, dict) else str(m) for m in tariff["missing_facts"]))

@@ -7,7 +7,7 @@ How the probabilities are computed (assumptions):
     * Each rule variable is independent. A stated fact fixes its variable. An unstated fact with a
       visual proxy takes its prior from the attribute (``waterproof_construction`` <- ``waterproof``,
       ``heel_sole_cm`` > 3 <- ``high_heel``, ``indoor``, ``wood_base``; ``sports_kind`` is ``none``
-      with 1 - p(``sports``), the four sports kinds share p(``sports``) equally). Any other unstated
+      with 1 - p(``sports``), the four sports kinds share p(``sports``) by the rules file's prior). Any other unstated
       fact takes the prior the rules file gives it (metal toe-cap: 2 %), else is split uniformly over
       its options (materials, insole length, gender).
     * The four height heads are one categorical variable: their probabilities normalised to sum 1.
