@@ -56,7 +56,7 @@ class Classifier:
                 for k, v in self.net(chunk.contiguous(memory_format=torch.channels_last)).items():
                     outs.setdefault(k, []).append(v.float().numpy())
         res = {k: np.concatenate(v) for k, v in outs.items()}
-        res["probs"] = self.decision.photo_probs(res["logits"])  # (B, 14) calibrated
+        res["probs"] = self.decision.photo_probs(res["logits"], res.get("gate"))  # (B, 14)
         if "suitability" in res:
             res["suitability"] = expit(res["suitability"])
         return res

@@ -41,9 +41,14 @@ class DecisionLayer:
         self.gate_calibration, self.fusion = gate_calibration, fusion
         self.thresholds = np.full(len(OUTPUT_KEYS), 0.5) if thresholds is None else np.asarray(thresholds, float)
 
-    def photo_probs(self, logits: np.ndarray) -> np.ndarray:
-        """(M, 14) calibrated per-photo probabilities."""
-        return self.calibration.transform(logits) if self.calibration else expit(logits)
+    def photo_probs(self, logits: np.ndarray, gate_logits: np.ndarray | None = None) -> np.ndarray:
+        """(M, 14) per-photo probabilities: calibrated heads, combined with the cluster posterior
+        when the model has a gate (``clusters.pull`` sets how far a cluster's fixed attributes pull,
+        chosen on validation; 0 leaves the heads as they are)."""
+        probs = self.calibration.transform(logits) if self.calibration else expit(logits)
+        if self.clusters is not None and gate_logits is not None and self.clusters.pull > 0:
+            probs = self.clusters.combine(self.gate_probs(gate_logits), probs)
+        return probs
 
     def gate_probs(self, gate_logits: np.ndarray) -> np.ndarray:
         """(M, C) calibrated cluster posteriors per photo."""
@@ -69,7 +74,7 @@ class DecisionLayer:
     def item(self, logits: np.ndarray, gate_logits: np.ndarray | None = None,
              suitability: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, dict | None]:
         """Per-photo probabilities (M, 14), the item's fused probabilities (14,) and its cluster."""
-        probs = self.photo_probs(logits)  # (M, 14)
+        probs = self.photo_probs(logits, gate_logits)  # (M, 14)
         fused = self.fuse(probs, suitability)  # (14,)
         cluster = None
         if self.clusters is not None and gate_logits is not None:

@@ -265,6 +265,22 @@ def tune_thresholds(probs: np.ndarray, y: np.ndarray, min_per_class: int = 10) -
     return thr
 
 
+PULLS = (0.0, 0.25, 0.5, 0.75)
+
+
+def choose_pull(decision: DecisionLayer, out_val: dict[str, np.ndarray], y_val: np.ndarray) -> float:
+    """How far the cluster posterior pulls the attributes fixed in a cluster: the value of
+    ``PULLS`` whose validation accuracy plus balanced accuracy (thresholds tuned for it) is best."""
+    def score(pull: float) -> float:
+        decision.clusters.pull = pull
+        probs = decision.photo_probs(out_val["logits"], out_val["gate"])
+        s = summarize(attribute_metrics(probs, y_val, thresholds=tune_thresholds(probs, y_val)))
+        return s["mean_accuracy"] + s["mean_balanced_accuracy"]
+
+    decision.clusters.pull = max(PULLS, key=score)
+    return decision.clusters.pull
+
+
 def suitability_targets(table: LabelTable) -> np.ndarray:
     """(N, 14): 1 judged, 0 photo unsuitable, 0.5 unknown. Only by-eye rows (and not-footwear
     photos, unsuitable for every attribute) say which photos were unsuitable."""
@@ -312,15 +328,19 @@ def _train_frozen(cfg: TrainConfig, table: LabelTable):
     out_val = predict_outputs(model.heads, feats["val"])
     decision = DecisionLayer(TemperatureScaling().fit(out_val["logits"], va.y), clusters,
                              SoftmaxTemperature().fit(out_val["gate"], gate_targets(clusters, va.y)))
-    decision.thresholds = tune_thresholds(decision.photo_probs(out_val["logits"]), va.y)
+    choose_pull(decision, out_val, va.y)
+    decision.thresholds = tune_thresholds(decision.photo_probs(out_val["logits"], out_val["gate"]), va.y)
     # Simulated multi-photo validation items (augmented views of one photo) fit the fusion.
     val_views = [predict_outputs(model.heads, trunk_features(
         model.trunk, va, TrainPreset(cfg.model.backbone, seed=100 + v), cfg.cache_dir, view=f"valaug{v}", **kw))
         for v in range(FUSION_VIEWS)]
-    vp = np.stack([decision.photo_probs(o["logits"]) for o in val_views], 1)  # (N, M, 14)
+    vp = np.stack([decision.photo_probs(o["logits"], o["gate"]) for o in val_views], 1)  # (N, M, 14)
     vw = np.stack([decision.weights(expit(o["suitability"])) for o in val_views], 1)
     decision.fusion = BayesianFusion(priors=effective_prior(tr.y, cfg.balance)).fit(vp, va.y, vw)
-    probs_test = decision.photo_probs(predict_outputs(model.heads, feats["test"])["logits"]) if "test" in feats else None
+    probs_test = None
+    if "test" in feats:
+        out_test = predict_outputs(model.heads, feats["test"])
+        probs_test = decision.photo_probs(out_test["logits"], out_test["gate"])
     return model, history, probs_test, decision, {"sha256": sha, "weights": cfg.trunk_weights}
 
 
