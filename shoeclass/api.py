@@ -83,15 +83,15 @@ class Classifier:
         if not ok:
             return ItemResult(photos, None, self.thresholds, model=self.info)
         out = self.predict_tensors(torch.stack(tensors))
-        probs, fused, cluster = self.decision.item(out["logits"], out.get("gate"), out.get("suitability"))
+        gates = self.decision.gate_probs(out["gate"]) if "gate" in out else None  # (M, C)
+        fused, cluster = self.decision.item(out["probs"], gates, out.get("suitability"))
         for j, p in enumerate(ok):
-            p.probs = probs[j]  # row j of the (M, 14) per-photo matrix
+            p.probs = out["probs"][j]  # row j of the (M, 14) per-photo matrix
             if "suitability" in out:
                 p.suitability = out["suitability"][j]
-            if "gate" in out and self.decision.clusters is not None:
-                g = self.decision.gate_probs(out["gate"][j:j + 1])[0]
-                p.cluster = {"name": self.decision.clusters.clusters_[int(g.argmax())].name,
-                             "probability": round(float(g.max()), 6)}
+            if gates is not None and self.decision.clusters is not None:
+                p.cluster = {"name": self.decision.clusters.clusters_[int(gates[j].argmax())].name,
+                             "probability": round(float(gates[j].max()), 6)}
         wrong = bool(cluster and cluster["wrong_cluster"])
         tariff = classify_tariff(dict(zip(OUTPUT_KEYS, map(float, fused))), facts, top_k=top_k,
                                  wrong_cluster=wrong).to_dict()

@@ -71,20 +71,20 @@ class DecisionLayer:
             return probs.mean(0)
         return self.fusion.fuse(probs, self.weights(suitability))
 
-    def item(self, logits: np.ndarray, gate_logits: np.ndarray | None = None,
-             suitability: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, dict | None]:
-        """Per-photo probabilities (M, 14), the item's fused probabilities (14,) and its cluster."""
-        probs = self.photo_probs(logits, gate_logits)  # (M, 14)
+    def item(self, probs: np.ndarray, gate_probs: np.ndarray | None = None,
+             suitability: np.ndarray | None = None) -> tuple[np.ndarray, dict | None]:
+        """The item's fused probabilities (14,) and its cluster, from the (M, 14) per-photo
+        probabilities (:meth:`photo_probs`) and the (M, C) per-photo cluster posteriors."""
         fused = self.fuse(probs, suitability)  # (14,)
         cluster = None
-        if self.clusters is not None and gate_logits is not None:
-            post = self.gate_probs(gate_logits).mean(0)  # (C,) the item's cluster posterior
+        if self.clusters is not None and gate_probs is not None:
+            post = gate_probs.mean(0)  # (C,) the item's cluster posterior
             best = int(np.argmax(post))
             firing = self.clusters.atypical_firing(post, fused)
             cluster = {"name": self.clusters.clusters_[best].name, "index": best,
                        "probability": round(float(post[best]), 6), "atypical_firing": firing,
                        "wrong_cluster": bool(firing)}
-        return probs, fused, cluster
+        return fused, cluster
 
     def to_dict(self) -> dict:
         return {"calibration": self.calibration.to_dict() if self.calibration else None,

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from .data import EvalPreset, PhotoDataset
 from .labels import LabelTable
 from .models import Trunk
-from .runtime import autocast, prepare_for_inference
+from .runtime import autocast, cpu_has_bf16, prepare_for_inference
 
 __all__ = ["state_checksum", "cache_key", "trunk_features"]
 
@@ -53,8 +53,6 @@ def trunk_features(trunk: Trunk, table: LabelTable, preset: EvalPreset, cache_di
         view: a name for the view that enters the key (e.g. ``"eval"``, ``"aug1"``).
         bf16: autocast to bf16 (None: when the CPU supports it).
     """
-    from .runtime import cpu_has_bf16
-
     bf16 = cpu_has_bf16() if bf16 is None else bf16
     trunk_sha = trunk_sha or state_checksum(trunk)
     pre = {"preset": type(preset).__name__, "backbone": preset.backbone, "view": view, "pooling": trunk.pooling}
