@@ -8,7 +8,7 @@ compared with the mean error of its single views. ECE (15 bins) before and after
 scaling is measured on the single test photos. Tariff codes from the by-eye labels and from the
 predictions are compared at 4, 6 and 10 digits for fixed sets of declared facts.
 
-    python benchmarks/fusion.py --data ../shared/data [--model weights/default] [--limit N]
+    python benchmarks/fusion.py --data ../shared/data [--model weights/default] [--limit N] [--dump views.npz]
 """
 from __future__ import annotations
 
@@ -84,6 +84,7 @@ def main() -> None:
     ap.add_argument("--model", default=None)
     ap.add_argument("--limit", type=int, default=0, help="use only the first N test photos (0 = all)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--dump", help="also save the per-view head outputs and labels here (.npz)")
     args = ap.parse_args()
 
     clf = Classifier(args.model)
@@ -114,6 +115,9 @@ def main() -> None:
     vp = np.stack([o["probs"] for o in view_out])  # (N, M, 14)
     vw = np.stack([dl.weights(o["suitability"]) for o in view_out]) if "suitability" in view_out[0] else None
     fused = dl.fusion.fuse_items(vp, vw) if dl.fusion else vp.mean(1)
+    if args.dump:
+        np.savez_compressed(args.dump, y=y, thr=thr, source=test.source, single_probs=probs,
+                            **{f"view_{k}": np.stack([o[k] for o in view_out]) for k in view_out[0]})
     single_err = np.mean([errors(vp[:, m], y, thr) for m in range(M)], axis=0)  # (14,)
     fused_err = errors(fused, y, thr)
     mean_err = errors(vp.mean(1), y, thr)

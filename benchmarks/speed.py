@@ -151,7 +151,7 @@ def child_agreement(data: str, model: str, quick: bool) -> dict:
 
 
 def _cached_views(cfg, trunk, tr, va) -> dict | None:
-    """The feature cache files ``_train_frozen`` would read, or None when one is missing."""
+    """The feature cache files ``train_frozen`` would read, or None when one is missing."""
     from shoeclass.data import EvalPreset, TrainPreset
     from shoeclass.features import cache_key, state_checksum
     from shoeclass.runtime import cpu_has_bf16
@@ -168,7 +168,7 @@ def _cached_views(cfg, trunk, tr, va) -> dict | None:
 
 
 def child_heads(data: str, quick: bool) -> dict:
-    """``fit_heads`` as ``train._train_frozen`` calls it, on the efficientnet_lite0 config."""
+    """``fit_heads`` as ``train_frozen.train_frozen`` calls it, on the efficientnet_lite0 config."""
     import numpy as np
     import torch
 
@@ -177,7 +177,8 @@ def child_heads(data: str, quick: bool) -> dict:
     from shoeclass.labels import read_labels
     from shoeclass.models import build_model
     from shoeclass.runtime import configure_threads
-    from shoeclass.train import fit_heads, gate_targets, load_config, sample_weights, suitability_targets
+    from shoeclass.train import load_config, sample_weights
+    from shoeclass.train_frozen import fit_heads, gate_targets, suitability_targets
 
     configure_threads()
     cfg = load_config(ROOT / "configs" / "efficientnet_lite0.yaml", {"progress": False, "data": data})

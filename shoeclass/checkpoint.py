@@ -55,12 +55,14 @@ def save_checkpoint(model: ShoeNet, folder: str | Path, meta: dict) -> Path:
     """Write the trainable tensors (the heads; the whole net for lenet) and the metadata.
 
     A frozen ImageNet trunk is not stored: it comes from its installed package or file, and the
-    metadata records its checksum so a different trunk is refused at load time.
+    metadata records its checksum so a different trunk is refused at load time. A retrained tail
+    (``tuned_blocks``) is stored as ``trunk.*`` tensors.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     state = model.state_dict() if model.cfg.backbone == "lenet" else {
-        f"heads.{k}": v for k, v in model.heads.state_dict().items()}
+        **{f"heads.{k}": v for k, v in model.heads.state_dict().items()},
+        **{f"trunk.{k}": v for k, v in model.trunk.tuned_state().items()}}
     tmp = folder / (TENSORS + ".tmp")
     save_file({k: v.contiguous() for k, v in state.items()}, str(tmp))
     tmp.replace(folder / TENSORS)
@@ -118,14 +120,22 @@ def load_checkpoint(path: str | Path | None = None, trunk_weights: str | None = 
         if cfg.backbone == "lenet":
             model.load_state_dict(state)
         else:
-            model.heads.load_state_dict({k.removeprefix("heads."): v for k, v in state.items()})
+            stray = [k for k in state if not k.startswith(("heads.", "trunk."))]
+            if stray:
+                raise KeyError(f"unexpected tensors {stray[:3]}")
+            model.heads.load_state_dict({k.removeprefix("heads."): v for k, v in state.items() if k.startswith("heads.")})
+            imagenet_sha = state_checksum(model.trunk) if trunk_weights is not None else None
+            tuned = {k.removeprefix("trunk."): v for k, v in state.items() if k.startswith("trunk.")}
+            if set(tuned) != set(model.trunk.tuned_state()):
+                raise KeyError(f"retrained trunk tensors {len(tuned)}, expected {len(model.trunk.tuned_state())}")
+            model.trunk.load_state_dict(tuned, strict=False)
     except (KeyError, TypeError, RuntimeError) as exc:  # load_state_dict: missing keys, other shapes
         raise CheckpointError(f"{folder}: the tensors in {TENSORS} do not fit the model described in "
                               f"{METADATA} ('model': {meta.get('model')}): {str(exc)[:300]}. Copy both "
                               "files from the same training run, or retrain.") from exc
     if cfg.backbone != "lenet":
         expected = meta.get("trunk", {}).get("sha256")
-        if trunk_weights is not None and expected and state_checksum(model.trunk) != expected:
+        if imagenet_sha is not None and expected and imagenet_sha != expected:
             raise CheckpointError(f"{folder}: the {cfg.backbone} trunk weights found here differ from those "
                                   "the heads were trained on; install the weights named in "
                                   f"{METADATA} ('trunk') or retrain")

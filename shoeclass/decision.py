@@ -11,14 +11,15 @@ Fitted on the validation split after the heads, stored in the model metadata:
 from __future__ import annotations
 
 import numpy as np
-from scipy.special import expit
+from scipy.special import expit, logit
 
-from .attributes import OUTPUT_KEYS
+from .attributes import MASK, OUTPUT_KEYS
 from .calibration import SoftmaxTemperature, TemperatureScaling
-from .fusion import BayesianFusion
+from .fusion import BayesianFusion, label_priors
 from .hierarchy import AttributeClusters
+from .losses import class_weights
 
-__all__ = ["DecisionLayer"]
+__all__ = ["DecisionLayer", "tune_thresholds", "prior_thresholds", "effective_prior"]
 
 NF = OUTPUT_KEYS.index("not_footwear")
 
@@ -101,3 +102,38 @@ class DecisionLayer:
                    SoftmaxTemperature.from_dict(d["gate_calibration"]) if d.get("gate_calibration") else None,
                    BayesianFusion.from_dict(d["fusion"]) if d.get("fusion") else None,
                    d.get("thresholds"))
+
+
+def tune_thresholds(probs: np.ndarray, y: np.ndarray, fallback: np.ndarray | None = None,
+                    min_per_class: int = 10) -> np.ndarray:
+    """(K,) decision thresholds chosen on validation: per output, the one maximising accuracy plus
+    balanced accuracy (the two figures the evaluation reports). Where validation has fewer than
+    ``min_per_class`` labels of a class, ``fallback`` (default 0.5; see :func:`prior_thresholds`)."""
+    thr = np.full(y.shape[1], 0.5) if fallback is None else np.asarray(fallback, dtype=np.float64).copy()
+    grid = np.linspace(0.02, 0.98, 49)
+    for k in range(y.shape[1]):
+        known = y[:, k] != MASK
+        t, p = y[known, k] == 1, probs[known, k]
+        if t.sum() < min_per_class or (~t).sum() < min_per_class:
+            continue
+        pred = p[None, :] >= grid[:, None]  # (G, n)
+        rec_pos, rec_neg = pred[:, t].mean(1), (~pred[:, ~t]).mean(1)
+        acc = (pred == t[None]).mean(1)
+        thr[k] = grid[int(np.argmax(acc + (rec_pos + rec_neg) / 2))]
+    return thr
+
+
+def prior_thresholds(y_train: np.ndarray, balance: float) -> np.ndarray:
+    """(K,) thresholds for outputs too rare to tune on validation: the probability at which a head
+    trained under class reweighting (effective prior, see :func:`effective_prior`) means even odds
+    under the training label frequencies, i.e. the Bayes decision for accuracy. A balanced head
+    for an attribute seen on 0.1 % of photos must be 99.9 % sure before it says present."""
+    pi = np.clip(label_priors(y_train), 1e-3, 1 - 1e-3)
+    return expit(logit(effective_prior(y_train, balance)) - logit(pi))
+
+
+def effective_prior(y: np.ndarray, balance: float) -> np.ndarray:
+    """The class prior the reweighted heads were effectively trained under (0.5 at balance 1)."""
+    pi = label_priors(y)
+    w = class_weights(y, balance)
+    return np.clip(pi * w[1] / (pi * w[1] + (1 - pi) * w[0]), 0.01, 0.99)

@@ -20,7 +20,7 @@ from .labels import LabelTable
 from .models import Trunk
 from .runtime import autocast, cpu_has_bf16, prepare_for_inference
 
-__all__ = ["state_checksum", "cache_key", "trunk_features"]
+__all__ = ["state_checksum", "cache_key", "trunk_features", "stem_maps"]
 
 logger = logging.getLogger(__name__)
 
@@ -49,27 +49,47 @@ def trunk_features(trunk: Trunk, table: LabelTable, preset: EvalPreset, cache_di
         trunk: the frozen trunk.
         table: the photos.
         preset: the preprocessing (an augmenting preset makes an augmented view).
-        cache_dir: where ``<backbone>-<key>.npy`` files live.
+        cache_dir: where ``<backbone>-<view>-<key>.npy`` files live.
         view: a name for the view that enters the key (e.g. ``"eval"``, ``"aug1"``).
         bf16: autocast to bf16 (None: when the CPU supports it).
     """
+    pre = {"preset": type(preset).__name__, "backbone": preset.backbone, "view": view, "pooling": trunk.pooling}
+    return _cached(trunk, trunk, (trunk.dim,), pre, table, preset, cache_dir, trunk_sha=trunk_sha, bf16=bf16,
+                   batch_size=batch_size, num_workers=num_workers, progress=progress).astype(np.float32)
+
+
+def stem_maps(trunk: Trunk, table: LabelTable, preset: EvalPreset, cache_dir: str | Path,
+              *, view: str = "eval", trunk_sha: str | None = None, bf16: bool | None = None,
+              batch_size: int = 64, num_workers: int = 1, progress: bool = True) -> np.ndarray:
+    """(N, C, H, W) float16 maps of the trunk's frozen stem (EfficientNet-Lite with tuned blocks),
+    cached like :func:`trunk_features`; the tunable tail trains and runs on them."""
+    with torch.inference_mode():
+        shape = tuple(trunk.stem(torch.zeros(1, 3, 224, 224)).shape[1:])
+    pre = {"preset": type(preset).__name__, "backbone": preset.backbone, "view": view, "stem_cut": trunk.cut}
+    return _cached(trunk, trunk.stem, shape, pre, table, preset, cache_dir, trunk_sha=trunk_sha, bf16=bf16,
+                   batch_size=batch_size, num_workers=num_workers, progress=progress, name="stem")
+
+
+def _cached(trunk: Trunk, fn, shape: tuple, pre: dict, table: LabelTable, preset: EvalPreset,
+            cache_dir: str | Path, *, trunk_sha: str | None, bf16: bool | None, batch_size: int,
+            num_workers: int, progress: bool, name: str = "") -> np.ndarray:
+    """``fn`` of every photo (float16), from ``cache_dir`` when computed before."""
     bf16 = cpu_has_bf16() if bf16 is None else bf16
     trunk_sha = trunk_sha or state_checksum(trunk)
-    pre = {"preset": type(preset).__name__, "backbone": preset.backbone, "view": view, "pooling": trunk.pooling}
-    path = Path(cache_dir) / f"{trunk.backbone}-{view}-{cache_key(trunk_sha, pre, table, bf16)}.npy"
+    label = f"{trunk.backbone}{'-' + name if name else ''}-{pre['view']}"
+    path = Path(cache_dir) / f"{label}-{cache_key(trunk_sha, pre, table, bf16)}.npy"
     if path.is_file():
-        logger.info("trunk features from cache %s", path)
-        return np.load(path).astype(np.float32)
+        logger.info("trunk %s from cache %s", name or "features", path)
+        return np.load(path)
     loader = torch.utils.data.DataLoader(PhotoDataset(table, preset), batch_size=batch_size,
                                          num_workers=num_workers, shuffle=False)
     prepare_for_inference(trunk)
-    out = np.empty((len(table), trunk.dim), dtype=np.float16)
+    out = np.empty((len(table), *shape), dtype=np.float16)
     with torch.inference_mode(), autocast(bf16):
-        for x, _, idx in tqdm(loader, desc=f"features {trunk.backbone}/{view}", disable=not progress):
-            z = trunk(x.to(memory_format=torch.channels_last))  # (B, D)
-            out[idx.numpy()] = z.float().numpy()
+        for x, _, idx in tqdm(loader, desc=label, disable=not progress):
+            out[idx.numpy()] = fn(x.to(memory_format=torch.channels_last)).float().numpy()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.npy")
     np.save(tmp, out)
     tmp.replace(path)
-    return out.astype(np.float32)
+    return out

@@ -43,6 +43,7 @@ class ModelConfig:
     n_clusters: int = 0  # size of the cluster gate; 0 = no gate
     suitability: bool = False  # a second set of 14 logits: is the photo suitable for judging it
     pooling: str = "avgmax"  # convolutional trunks: avgmax | grid (see Trunk)
+    tuned_blocks: int = 0  # efficientnet_lite: last blocks (+ head conv) retrained on the photos; 0 = all frozen
     lenet_groups: int = 1  # lenet only: 1 = shared trunk, 14 = one network per output
     lenet_width: int = 24
 
@@ -58,9 +59,17 @@ class Trunk(nn.Module):
     feature is (shaft above the ankle, heel at the back, straps over the toes).
     """
 
-    def __init__(self, backbone: str, body: nn.Module, dim: int, pooling: str = "avgmax") -> None:
+    def __init__(self, backbone: str, body: nn.Module, dim: int, pooling: str = "avgmax",
+                 tuned_blocks: int = 0) -> None:
         super().__init__()
         self.backbone, self.body, self.dim, self.pooling = backbone, body, dim, pooling
+        if tuned_blocks and not backbone.startswith("efficientnet_lite"):
+            raise ValueError(f"tuned_blocks needs an efficientnet_lite backbone, not {backbone!r}")
+        n_blocks = len(body._blocks) if backbone.startswith("efficientnet_lite") else 0
+        if not 0 <= tuned_blocks <= n_blocks:
+            raise ValueError(f"tuned_blocks must be in 0..{n_blocks}, got {tuned_blocks}")
+        self.tuned_blocks = tuned_blocks
+        self.cut = n_blocks - tuned_blocks  # blocks [cut:] and the head conv form the tunable tail
 
     def pool(self, fmap: torch.Tensor) -> torch.Tensor:
         parts = [fmap.mean((2, 3)), fmap.amax((2, 3))]  # (B, C) each
@@ -70,9 +79,40 @@ class Trunk(nn.Module):
             parts += [fmap[:, :, r:r + top, c:c + left].mean((2, 3)) for r in (0, h - top) for c in (0, w - left)]
         return torch.cat(parts, 1)  # (B, 2C) or (B, 6C)
 
+    def stem(self, x: torch.Tensor) -> torch.Tensor:
+        """EfficientNet-Lite: the always-frozen part, photos -> the map entering block ``cut``."""
+        b = self.body
+        x = b._swish(b._bn0(b._conv_stem(x)))
+        for block in b._blocks[:self.cut]:
+            x = block(x)
+        return x  # lite0 with one tuned block: (B, 192, 7, 7)
+
+    def tail(self, x: torch.Tensor) -> torch.Tensor:
+        """EfficientNet-Lite: the stem's map -> pooled features (the blocks from ``cut``, the head
+        conv, pooling); the part ``tuned_blocks`` retrains. Equals ``extract_features`` + pooling."""
+        b = self.body
+        rate, n = b._global_params.drop_connect_rate or 0.0, len(b._blocks)
+        for idx in range(self.cut, n):
+            x = b._blocks[idx](x, drop_connect_rate=rate * idx / n)  # drop connect acts only in training
+        return self.pool(b._swish(b._bn1(b._conv_head(x))))  # map (B, 1280, 7, 7) pooled
+
+    def tail_modules(self) -> list[nn.Module]:
+        """The modules ``tuned_blocks`` retrains (empty when all frozen)."""
+        if not self.tuned_blocks:
+            return []
+        return [*self.body._blocks[self.cut:], self.body._conv_head, self.body._bn1]
+
+    def tuned_state(self) -> dict[str, torch.Tensor]:
+        """The tensors of the retrained tail, named as in ``state_dict`` (empty when all frozen)."""
+        if not self.tuned_blocks:
+            return {}
+        prefixes = tuple(f"body._blocks.{i}." for i in range(self.cut, len(self.body._blocks))) + (
+            "body._conv_head.", "body._bn1.")
+        return {k: v for k, v in self.state_dict().items() if k.startswith(prefixes)}
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.backbone.startswith("efficientnet_lite"):
-            return self.pool(self.body.extract_features(x))  # map (B, 1280, 7, 7)
+            return self.tail(self.stem(x))
         if self.backbone == "vgg16":
             return self.pool(self.body(x))  # map (B, 512, 7, 7)
         return self.body(x)  # vgg19: fc7 activations (B, 4096)
@@ -143,7 +183,8 @@ _TRUNK_BUILDERS = {"vgg19": _vgg19_fc7, "vgg16": _vgg16_features,
                    "efficientnet_lite2": lambda w: _efficientnet_lite(2, w)}
 
 
-def build_trunk(backbone: str, weights: str | None = "imagenet", pooling: str = "avgmax") -> Trunk:
+def build_trunk(backbone: str, weights: str | None = "imagenet", pooling: str = "avgmax",
+                tuned_blocks: int = 0) -> Trunk:
     """A frozen, eval-mode trunk.
 
     Args:
@@ -151,6 +192,7 @@ def build_trunk(backbone: str, weights: str | None = "imagenet", pooling: str = 
         weights: ``"imagenet"`` (the locally installed / cached ImageNet weights), a file path, or
             None for random initialisation (tests).
         pooling: ``avgmax`` or ``grid`` (convolutional trunks; see :class:`Trunk`).
+        tuned_blocks: EfficientNet-Lite only: how many last blocks form the tunable tail.
 
     Raises:
         ValueError: unknown backbone. FileNotFoundError: weights missing, with how to get them.
@@ -163,7 +205,7 @@ def build_trunk(backbone: str, weights: str | None = "imagenet", pooling: str = 
     if pooling not in POOLINGS:
         raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
     dim = 4096 if backbone == "vgg19" else _MAP_CHANNELS[backbone] * (6 if pooling == "grid" else 2)
-    trunk = Trunk(backbone, _TRUNK_BUILDERS[backbone](weights), dim, pooling)
+    trunk = Trunk(backbone, _TRUNK_BUILDERS[backbone](weights), dim, pooling, tuned_blocks)
     trunk.requires_grad_(False)
     return trunk.eval()
 
@@ -270,5 +312,5 @@ def build_model(cfg: ModelConfig, weights: str | None = "imagenet") -> ShoeNet:
         trunk = LeNet(cfg.lenet_width, cfg.lenet_groups)
         heads = GroupedHeads(trunk.dim, N_OUT) if cfg.lenet_groups > 1 else Heads(trunk.dim, cfg)
         return ShoeNet(cfg, trunk, heads)
-    trunk = build_trunk(cfg.backbone, weights, cfg.pooling)
+    trunk = build_trunk(cfg.backbone, weights, cfg.pooling, cfg.tuned_blocks)
     return ShoeNet(cfg, trunk, Heads(trunk.dim, cfg))

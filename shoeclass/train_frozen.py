@@ -1,0 +1,214 @@
+"""Training on a frozen trunk: cached features -> 14 heads + cluster gate + suitability heads ->
+the decision layer fitted on validation (calibration, cluster pull, thresholds, fusion).
+
+The paper's transfer recipe (section 2): the ImageNet trunk runs once per photo and view, its
+features are cached (``features.py``), and the heads train on them in seconds. With
+``model.tuned_blocks`` the last trunk blocks are then retrained with the heads (``finetune.py``).
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import time
+
+import numpy as np
+import torch
+from scipy.special import expit
+
+from .attributes import MASK, OUTPUT_KEYS
+from .calibration import SoftmaxTemperature, TemperatureScaling
+from .data import EvalPreset, TrainPreset
+from .decision import DecisionLayer, effective_prior, prior_thresholds, tune_thresholds
+from .features import state_checksum, stem_maps, trunk_features
+from .fusion import BayesianFusion
+from .hierarchy import AttributeClusters
+from .labels import LabelTable
+from .losses import class_weights, masked_bce
+from .metrics import attribute_metrics, summarize
+from .models import build_model
+from .train import TrainConfig, make_optimizer, sample_weights, val_score
+
+__all__ = ["train_frozen", "fit_heads", "heads_loss", "predict_outputs", "gate_targets", "suitability_targets"]
+
+logger = logging.getLogger(__name__)
+
+NF = OUTPUT_KEYS.index("not_footwear")
+
+
+def predict_outputs(heads: torch.nn.Module, x: np.ndarray, batch: int = 4096) -> dict[str, np.ndarray]:
+    """All head outputs (logits, gate, suitability) for cached features, batched."""
+    heads.eval()
+    outs: dict[str, list] = {}
+    with torch.inference_mode():
+        for i in range(0, len(x), batch):
+            for k, v in heads(torch.from_numpy(x[i:i + batch])).items():
+                outs.setdefault(k, []).append(v.numpy())
+    return {k: np.concatenate(v) for k, v in outs.items()}
+
+
+def predict_logits(heads: torch.nn.Module, x: np.ndarray) -> np.ndarray:
+    return predict_outputs(heads, x)["logits"]
+
+
+def heads_loss(out: dict[str, torch.Tensor], y: torch.Tensor, cw: torch.Tensor, w: torch.Tensor,
+               gate: torch.Tensor | None = None, suit: torch.Tensor | None = None) -> torch.Tensor:
+    """The heads' training loss on one batch: masked class-weighted BCE of the 14 outputs, plus
+    half the cluster gate's cross-entropy (rows with a known cluster) and half the suitability BCE."""
+    loss = masked_bce(out["logits"], y, cw, w)
+    if gate is not None and "gate" in out and (gate >= 0).any():
+        loss = loss + 0.5 * torch.nn.functional.cross_entropy(out["gate"][gate >= 0], gate[gate >= 0])
+    if suit is not None and "suitability" in out:
+        loss = loss + 0.5 * masked_bce(out["suitability"], suit)
+    return loss
+
+
+def fit_heads(heads: torch.nn.Module, x: np.ndarray, y: np.ndarray, w: np.ndarray,
+              x_val: np.ndarray, y_val: np.ndarray, cfg: TrainConfig, *,
+              gate_targets: np.ndarray | None = None, suit_targets: np.ndarray | None = None) -> dict:
+    """Train the heads on cached features with early stopping on validation balanced accuracy.
+
+    Args:
+        x, y, w: (N, D) features, (N, 14) labels (0.5 masked), (N,) sample weights.
+        gate_targets: (N,) cluster index per row, -1 where unknown.
+        suit_targets: (N, 14) 1 where the photo was judged for the output, 0 where it was
+            unsuitable, 0.5 where not known (class-labelled rows).
+
+    Returns:
+        A history dict (epochs run, best epoch, best validation score, seconds).
+    """
+    torch.manual_seed(cfg.seed)
+    t0 = time.time()
+    heads.mu.copy_(torch.from_numpy(x.mean(0)))
+    heads.sigma.copy_(torch.from_numpy(x.std(0) + 1e-3))
+    cw = torch.from_numpy(class_weights(y, cfg.balance))
+    opt = make_optimizer([p for p in heads.parameters() if p.requires_grad], cfg)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.epochs)
+    xt, yt, wt = torch.from_numpy(x), torch.from_numpy(y), torch.from_numpy(w)
+    gt = torch.from_numpy(gate_targets) if gate_targets is not None else None
+    st = torch.from_numpy(suit_targets) if suit_targets is not None else None
+    # Evaluate and keep an exponential moving average of the weights: on frozen features the
+    # validation score of the raw weights jumps from epoch to epoch.
+    ema = torch.optim.swa_utils.AveragedModel(heads, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.ema),
+                                              use_buffers=True) if cfg.ema else None
+    best, best_state, best_epoch, bad = -1.0, None, -1, 0
+    for epoch in range(cfg.epochs):
+        heads.train()
+        for idx in torch.randperm(len(xt)).split(cfg.batch_size):
+            loss = heads_loss(heads(xt[idx]), yt[idx], cw, wt[idx], None if gt is None else gt[idx],
+                              None if st is None else st[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if ema is not None:
+                ema.update_parameters(heads)
+        sched.step()
+        current = ema.module if ema is not None else heads
+        score = val_score(predict_logits(current, x_val), y_val)
+        logger.info("epoch %d val mean balanced accuracy %.4f", epoch, score)
+        if score > best:
+            best, best_state, best_epoch, bad = score, copy.deepcopy(current.state_dict()), epoch, 0
+        else:
+            bad += 1
+            if bad >= cfg.patience:
+                break
+    heads.load_state_dict(best_state)
+    return {"epochs_run": epoch + 1, "best_epoch": best_epoch, "val_mean_balanced_accuracy": best,
+            "seconds": round(time.time() - t0, 1)}
+
+
+PULLS = (0.0, 0.25, 0.5, 0.75)
+
+
+def choose_pull(decision: DecisionLayer, out_val: dict[str, np.ndarray], y_val: np.ndarray,
+                fallback: np.ndarray | None = None) -> float:
+    """How far the cluster posterior pulls the attributes fixed in a cluster: the value of
+    ``PULLS`` whose validation accuracy plus balanced accuracy (thresholds tuned for it) is best."""
+    def score(pull: float) -> float:
+        decision.clusters.pull = pull
+        probs = decision.photo_probs(out_val["logits"], out_val["gate"])
+        s = summarize(attribute_metrics(probs, y_val, thresholds=tune_thresholds(probs, y_val, fallback)))
+        return s["mean_accuracy"] + s["mean_balanced_accuracy"]
+
+    decision.clusters.pull = max(PULLS, key=score)
+    return decision.clusters.pull
+
+
+def suitability_targets(table: LabelTable) -> np.ndarray:
+    """(N, 14): 1 judged, 0 photo unsuitable, 0.5 unknown. Only by-eye rows (and not-footwear
+    photos, unsuitable for every attribute) say which photos were unsuitable."""
+    known = (table.origin == "eye") | (table.y[:, NF] == 1)
+    s = np.where(known[:, None], (table.y != MASK).astype(np.float32), MASK).astype(np.float32)
+    s[:, NF] = 1.0
+    return s
+
+
+def gate_targets(clusters: AttributeClusters, y: np.ndarray, min_known: int = 7) -> np.ndarray:
+    """Cluster index per row; -1 for rows too sparsely labelled to place (except not footwear)."""
+    g = clusters.assign(y)
+    sparse = ((y != MASK).sum(1) < min_known) & (y[:, NF] != 1)
+    return np.where(sparse, -1, g).astype(np.int64)
+
+
+FUSION_VIEWS = 3  # simulated photos per validation item for fitting the fusion's correlation
+
+
+def train_frozen(cfg: TrainConfig, table: LabelTable):
+    """Frozen trunk: cached features, heads + gate + suitability, then the decision layer on val.
+    With ``model.tuned_blocks`` the trunk's tail is then retrained with the heads (finetune.py)."""
+    tr, va = table.subset(table.split == "train"), table.subset(table.split == "val")
+    clusters = AttributeClusters(max_varying=3).fit(tr.y)
+    cfg.model.n_clusters, cfg.model.suitability = len(clusters.clusters_), True
+    model = build_model(cfg.model, weights=cfg.trunk_weights)
+    sha = state_checksum(model.trunk)  # of the ImageNet trunk, before any tail retraining
+    kw = dict(trunk_sha=sha, progress=cfg.progress, num_workers=cfg.num_workers)
+    presets = {"eval": EvalPreset(cfg.model.backbone),
+               **{f"aug{v}": TrainPreset(cfg.model.backbone, seed=v) for v in range(1, cfg.aug_views + 1)},
+               **{f"valaug{v}": TrainPreset(cfg.model.backbone, seed=100 + v) for v in range(FUSION_VIEWS)}}
+    subsets = {"eval": table, **{v: tr for v in presets if v.startswith("aug")},
+               **{v: va for v in presets if v.startswith("valaug")}}
+    if cfg.model.tuned_blocks:
+        from .finetune import tail_features
+
+        maps = {v: stem_maps(model.trunk, subsets[v], presets[v], cfg.cache_dir, view=v, **kw) for v in presets}
+        features = lambda v: tail_features(model.trunk, maps[v])
+    else:
+        features = lambda v: trunk_features(model.trunk, subsets[v], presets[v], cfg.cache_dir, view=v, **kw)
+    train_views = ["eval"] + [v for v in presets if v.startswith("aug")]
+    reps = len(train_views)
+    targets = dict(gate=gate_targets(clusters, tr.y), suit=suitability_targets(tr))
+    frozen = {v: features(v) for v in train_views}
+    history = fit_heads(model.heads, np.concatenate([_rows(frozen[v], v, table, "train") for v in train_views]),
+                        np.tile(tr.y, (reps, 1)), np.tile(sample_weights(tr, cfg), reps),
+                        _rows(frozen["eval"], "eval", table, "val"), va.y, cfg,
+                        gate_targets=np.tile(targets["gate"], reps), suit_targets=np.tile(targets["suit"], (reps, 1)))
+    if cfg.model.tuned_blocks:
+        from .finetune import tune_tail
+
+        history["tail"] = tune_tail(model.trunk, model.heads, [_rows(maps[v], v, table, "train") for v in train_views],
+                                    tr.y, sample_weights(tr, cfg), _rows(maps["eval"], "eval", table, "val"), va.y, cfg,
+                                    **targets, loss_fn=heads_loss, score_fn=val_score)
+    every = features("eval") if cfg.model.tuned_blocks else frozen["eval"]
+    del frozen
+    feats = {s: every[table.split == s] for s in ("train", "val", "test") if (table.split == s).any()}
+    out_val = predict_outputs(model.heads, feats["val"])
+    decision = DecisionLayer(TemperatureScaling().fit(out_val["logits"], va.y), clusters,
+                             SoftmaxTemperature().fit(out_val["gate"], gate_targets(clusters, va.y)))
+    fallback = prior_thresholds(tr.y, cfg.balance)
+    choose_pull(decision, out_val, va.y, fallback)
+    decision.thresholds = tune_thresholds(decision.photo_probs(out_val["logits"], out_val["gate"]), va.y, fallback)
+    # Simulated multi-photo validation items (augmented views of one photo) fit the fusion.
+    val_views = [predict_outputs(model.heads, features(f"valaug{v}")) for v in range(FUSION_VIEWS)]
+    vp = np.stack([decision.photo_probs(o["logits"], o["gate"]) for o in val_views], 1)  # (N, M, 14)
+    vw = np.stack([decision.weights(expit(o["suitability"])) for o in val_views], 1)
+    decision.fusion = BayesianFusion(priors=effective_prior(tr.y, cfg.balance)).fit(vp, va.y, vw)
+    probs_test = None
+    if "test" in feats:
+        out_test = predict_outputs(model.heads, feats["test"])
+        probs_test = decision.photo_probs(out_test["logits"], out_test["gate"])
+    trunk_info = {"sha256": sha, "weights": cfg.trunk_weights, "tuned_blocks": cfg.model.tuned_blocks}
+    return model, history, probs_test, decision, trunk_info
+
+
+def _rows(x: np.ndarray, view: str, table: LabelTable, split: str) -> np.ndarray:
+    """The rows of ``split`` from a view's array (the eval view covers every photo, others one split)."""
+    return x[table.split == split] if view == "eval" else x

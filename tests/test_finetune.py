@@ -1,0 +1,85 @@
+"""Retraining the last EfficientNet-Lite block (model.tuned_blocks): stem/tail split, training on
+cached stem maps, and the retrained tensors travelling with the model folder."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from shoeclass import classify_images
+from shoeclass.checkpoint import CheckpointError, load_checkpoint
+from shoeclass.features import state_checksum
+from shoeclass.models import build_trunk
+from shoeclass.train import load_config, train
+
+
+def test_stem_then_tail_equals_the_whole_trunk():
+    trunk = build_trunk("efficientnet_lite0", "imagenet", tuned_blocks=2)
+    x = torch.rand(2, 3, 224, 224)
+    with torch.inference_mode():
+        whole = trunk.pool(trunk.body.extract_features(x))
+        split = trunk.tail(trunk.stem(x))
+    assert trunk.cut == 14 and split.shape == (2, 2560)
+    torch.testing.assert_close(split, whole)
+    names = set(trunk.tuned_state())
+    assert any(k.startswith("body._blocks.14.") for k in names) and "body._conv_head.weight" in names
+    assert not any(k.startswith("body._blocks.13.") for k in names)
+
+
+def test_tuned_blocks_out_of_range_or_on_other_backbones_raise():
+    with pytest.raises(ValueError, match="tuned_blocks"):
+        build_trunk("efficientnet_lite0", None, tuned_blocks=99)
+    with pytest.raises(ValueError, match="efficientnet_lite"):
+        build_trunk("vgg16", None, tuned_blocks=1)
+
+
+@pytest.fixture(scope="module")
+def tuned_model(tiny_dataset, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("tuned")
+    cfg = load_config("configs/efficientnet_lite0.yaml", {
+        "data": str(tiny_dataset), "out": str(tmp / "m"), "epochs": 2, "cache_dir": str(tmp / "cache"),
+        "progress": False, "aug_views": 1, "model.tuned_blocks": 1, "tune_epochs": 2})
+    return train(cfg)
+
+
+def test_training_retrains_the_tail_and_stores_it(tuned_model):
+    meta = json.loads((tuned_model / "model.json").read_text())
+    assert meta["model"]["tuned_blocks"] == 1 and meta["trunk"]["tuned_blocks"] == 1
+    assert meta["training"]["history"]["tail"]["epochs_run"] == 2
+    assert len(meta["training"]["history"]["tail"]["val_scores"]) == 3  # the start and two epochs
+    state = load_file(str(tuned_model / "model.safetensors"))
+    tuned = {k.removeprefix("trunk."): v for k, v in state.items() if k.startswith("trunk.")}
+    imagenet = build_trunk("efficientnet_lite0", "imagenet", tuned_blocks=1).tuned_state()
+    assert set(tuned) == set(imagenet)
+    # the tail kept is the best on validation: the ImageNet one when no epoch beat the start
+    changed = not torch.equal(tuned["body._conv_head.weight"], imagenet["body._conv_head.weight"])
+    assert changed == (meta["training"]["history"]["tail"]["best_epoch"] >= 0)
+    # the recorded checksum is the ImageNet trunk's, the one the stem must match at load time
+    assert meta["trunk"]["sha256"] == state_checksum(build_trunk("efficientnet_lite0", "imagenet", tuned_blocks=1))
+
+
+def test_loaded_model_uses_the_retrained_tail(tuned_model, tiny_dataset):
+    model, _ = load_checkpoint(tuned_model)
+    state = load_file(str(tuned_model / "model.safetensors"))
+    torch.testing.assert_close(model.trunk.body._conv_head.weight, state["trunk.body._conv_head.weight"])
+    d = classify_images(str(tiny_dataset / "images" / "p000.jpg"), model=tuned_model).to_dict()
+    assert all(0.0 <= v <= 1.0 for v in d["attributes"].values())
+
+
+def test_missing_tail_tensors_are_refused(tuned_model, tmp_path):
+    from safetensors.torch import save_file
+
+    from shoeclass.checkpoint import _sha256
+
+    folder = tmp_path / "m"
+    folder.mkdir()
+    state = {k: v for k, v in load_file(str(tuned_model / "model.safetensors")).items()
+             if not k.startswith("trunk.body._bn1")}
+    save_file(state, str(folder / "model.safetensors"))
+    meta = json.loads((tuned_model / "model.json").read_text())
+    meta["sha256"] = _sha256(folder / "model.safetensors")
+    (folder / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="do not fit"):
+        load_checkpoint(folder)
+    assert np.isfinite(meta["training"]["history"]["tail"]["val_mean_balanced_accuracy"])
