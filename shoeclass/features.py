@@ -64,7 +64,7 @@ def stem_maps(trunk: Trunk, table: LabelTable, preset: EvalPreset, cache_dir: st
     """(N, C, H, W) float16 maps of the trunk's frozen stem (EfficientNet-Lite with tuned blocks),
     cached like :func:`trunk_features`; the tunable tail trains and runs on them."""
     with torch.inference_mode():
-        shape = tuple(trunk.stem(torch.zeros(1, 3, 224, 224)).shape[1:])
+        shape = tuple(trunk.eval().stem(torch.zeros(1, 3, 224, 224)).shape[1:])  # eval: BN stats untouched
     pre = {"preset": type(preset).__name__, "backbone": preset.backbone, "view": view, "stem_cut": trunk.cut}
     return _cached(trunk, trunk.stem, shape, pre, table, preset, cache_dir, trunk_sha=trunk_sha, bf16=bf16,
                    batch_size=batch_size, num_workers=num_workers, progress=progress, name="stem")

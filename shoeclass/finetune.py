@@ -7,6 +7,9 @@ small tail (one MBConv block at 7×7 and the 1×1 head conv, ~1 M parameters) ru
 backward in each epoch. The heads are first trained on the frozen features as usual, then the
 tail and the heads are retrained together at a low learning rate under the heads' own loss
 (``train_frozen.heads_loss``); the decision layer is fitted afterwards on the tuned features.
+On ../shared/data this did not beat the frozen trunk (BENCHMARKS.md): two cached views per photo
+are too little augmentation for a million parameters. It is meant for catalogues further from
+ImageNet than studio shoe photos.
 """
 from __future__ import annotations
 
