@@ -14,8 +14,8 @@ Every configuration runs in its own subprocess, so its peak memory is that proce
 * fp32 and bf16 ``torch.mm`` GFLOP/s and the VGG19 net's achieved GFLOP/s (FLOPs counted with
   ``FlopCounterMode``) as a fraction of the bf16 matmul figure;
 * agreement of bf16 and fp32 decisions (p >= 0.5) of the shipped model on test photos;
-* seconds to train the heads on cached EfficientNet-Lite0 features (random features of the
-  same shape when the cache is missing) and the estimated lenet training time.
+* seconds to train the heads on cached EfficientNet-Lite0 features for every configured epoch
+  (random features of the same shape when the cache is missing) and the lenet training time.
 
 Trunks are random-init (speed does not depend on the values). ``--quick`` is a short smoke
 version (fewer photos, steps and epochs; extrapolated where marked).
@@ -150,19 +150,17 @@ def child_agreement(data: str, model: str, quick: bool) -> dict:
             "max_abs_dp": float(diff.max()), "mean_abs_dp": float(diff.mean())}
 
 
-def _cached_views(cfg, trunk, tr, va) -> dict | None:
-    """The feature cache files ``train_frozen`` would read, or None when one is missing."""
+def _cached_views(cfg, trunk, table, tr) -> dict | None:
+    """The feature cache files ``train_frozen`` would read (the eval view of every photo, the
+    augmented views of the training photos), or None when one is missing."""
     from shoeclass.data import EvalPreset, TrainPreset
-    from shoeclass.features import cache_key, state_checksum
-    from shoeclass.runtime import cpu_has_bf16
+    from shoeclass.features import feature_cache_path, state_checksum
 
     sha, b = state_checksum(trunk), cfg.model.backbone
-    want = {"train": (tr, EvalPreset(b), "eval"), "val": (va, EvalPreset(b), "eval")}
+    want = {"eval": (table, EvalPreset(b), "eval")}
     want.update({f"aug{v}": (tr, TrainPreset(b, seed=v), f"aug{v}") for v in range(1, cfg.aug_views + 1)})
-    for name, (table, preset, view) in want.items():
-        pre = {"preset": type(preset).__name__, "backbone": b, "view": view}
-        path = Path(cfg.cache_dir) / f"{b}-{view}-{cache_key(sha, pre, table, cpu_has_bf16())}.npy"
-        if not path.is_file():
+    for table, preset, view in want.values():
+        if not feature_cache_path(trunk, table, preset, cfg.cache_dir, view=view, trunk_sha=sha).is_file():
             return None
     return {"sha": sha, "want": want}
 
@@ -188,7 +186,7 @@ def child_heads(data: str, quick: bool) -> dict:
     clusters = AttributeClusters(max_varying=3).fit(tr.y)
     cfg.model.n_clusters, cfg.model.suitability = len(clusters.clusters_), True
     model = build_model(cfg.model, weights=cfg.trunk_weights)
-    cached = _cached_views(cfg, model.trunk, tr, va)
+    cached = _cached_views(cfg, model.trunk, table, tr)
     reps = 1 + cfg.aug_views
     epochs = cfg.epochs
     if quick:  # one epoch on the unaugmented rows, scaled to every view and epoch: an upper bound
@@ -196,13 +194,13 @@ def child_heads(data: str, quick: bool) -> dict:
     if cached:
         feats = {n: trunk_features(model.trunk, t, p, cfg.cache_dir, view=v, trunk_sha=cached["sha"], progress=False)
                  for n, (t, p, v) in cached["want"].items()}
-        x = np.concatenate([feats["train"]] + [feats[f"aug{v}"] for v in range(1, reps)])
-        x_val = feats["val"]
-    else:  # same shapes, real labels; no early stopping, so every configured epoch runs
+        x = np.concatenate([feats["eval"][table.split == "train"]] + [feats[f"aug{v}"] for v in range(1, reps)])
+        x_val = feats["eval"][table.split == "val"]
+    else:  # same shapes, real labels
         rng = np.random.default_rng(0)
         x = rng.standard_normal((reps * len(tr), model.trunk.dim), dtype=np.float32)
         x_val = rng.standard_normal((len(va), model.trunk.dim), dtype=np.float32)
-        cfg.patience = cfg.epochs
+    cfg.patience = cfg.epochs  # no early stopping: every configured epoch runs (the worst case)
     hist = fit_heads(model.heads, x, np.tile(tr.y, (reps, 1)), np.tile(sample_weights(tr, cfg), reps),
                      x_val, va.y, cfg, gate_targets=np.tile(gate_targets(clusters, tr.y), reps),
                      suit_targets=np.tile(suitability_targets(tr), (reps, 1)))

@@ -20,7 +20,7 @@ from .labels import LabelTable
 from .models import Trunk
 from .runtime import autocast, cpu_has_bf16, prepare_for_inference
 
-__all__ = ["state_checksum", "cache_key", "trunk_features", "stem_maps"]
+__all__ = ["state_checksum", "cache_key", "trunk_features", "feature_cache_path", "stem_maps"]
 
 logger = logging.getLogger(__name__)
 
@@ -49,13 +49,20 @@ def trunk_features(trunk: Trunk, table: LabelTable, preset: EvalPreset, cache_di
         trunk: the frozen trunk.
         table: the photos.
         preset: the preprocessing (an augmenting preset makes an augmented view).
-        cache_dir: where ``<backbone>-<view>-<key>.npy`` files live.
+        cache_dir: where ``<backbone>-<view>-<key>.npy`` files live (see :func:`feature_cache_path`).
         view: a name for the view that enters the key (e.g. ``"eval"``, ``"aug1"``).
         bf16: autocast to bf16 (None: when the CPU supports it).
     """
+    path = feature_cache_path(trunk, table, preset, cache_dir, view=view, trunk_sha=trunk_sha, bf16=bf16)
+    return _cached(path, trunk, trunk, table, preset, bf16=bf16, batch_size=batch_size, num_workers=num_workers,
+                   progress=progress).astype(np.float32)
+
+
+def feature_cache_path(trunk: Trunk, table: LabelTable, preset: EvalPreset, cache_dir: str | Path,
+                       *, view: str = "eval", trunk_sha: str | None = None, bf16: bool | None = None) -> Path:
+    """The file :func:`trunk_features` reads and writes for this trunk, photo list and view."""
     pre = {"preset": type(preset).__name__, "backbone": preset.backbone, "view": view, "pooling": trunk.pooling}
-    return _cached(trunk, trunk, (trunk.dim,), pre, table, preset, cache_dir, trunk_sha=trunk_sha, bf16=bf16,
-                   batch_size=batch_size, num_workers=num_workers, progress=progress).astype(np.float32)
+    return _path(trunk, pre, table, cache_dir, trunk_sha, bf16, trunk.backbone)
 
 
 def stem_maps(trunk: Trunk, table: LabelTable, preset: EvalPreset, cache_dir: str | Path,
@@ -63,31 +70,35 @@ def stem_maps(trunk: Trunk, table: LabelTable, preset: EvalPreset, cache_dir: st
               batch_size: int = 64, num_workers: int = 1, progress: bool = True) -> np.ndarray:
     """(N, C, H, W) float16 maps of the trunk's frozen stem (EfficientNet-Lite with tuned blocks),
     cached like :func:`trunk_features`; the tunable tail trains and runs on them."""
-    with torch.inference_mode():
-        shape = tuple(trunk.eval().stem(torch.zeros(1, 3, 224, 224)).shape[1:])  # eval: BN stats untouched
     pre = {"preset": type(preset).__name__, "backbone": preset.backbone, "view": view, "stem_cut": trunk.cut}
-    return _cached(trunk, trunk.stem, shape, pre, table, preset, cache_dir, trunk_sha=trunk_sha, bf16=bf16,
-                   batch_size=batch_size, num_workers=num_workers, progress=progress, name="stem")
+    path = _path(trunk, pre, table, cache_dir, trunk_sha, bf16, f"{trunk.backbone}-stem")
+    return _cached(path, trunk, trunk.stem, table, preset, bf16=bf16, batch_size=batch_size,
+                   num_workers=num_workers, progress=progress)
 
 
-def _cached(trunk: Trunk, fn, shape: tuple, pre: dict, table: LabelTable, preset: EvalPreset,
-            cache_dir: str | Path, *, trunk_sha: str | None, bf16: bool | None, batch_size: int,
-            num_workers: int, progress: bool, name: str = "") -> np.ndarray:
-    """``fn`` of every photo (float16), from ``cache_dir`` when computed before."""
+def _path(trunk: Trunk, pre: dict, table: LabelTable, cache_dir: str | Path, trunk_sha: str | None,
+          bf16: bool | None, label: str) -> Path:
     bf16 = cpu_has_bf16() if bf16 is None else bf16
-    trunk_sha = trunk_sha or state_checksum(trunk)
-    label = f"{trunk.backbone}{'-' + name if name else ''}-{pre['view']}"
-    path = Path(cache_dir) / f"{label}-{cache_key(trunk_sha, pre, table, bf16)}.npy"
+    key = cache_key(trunk_sha or state_checksum(trunk), pre, table, bf16)
+    return Path(cache_dir) / f"{label}-{pre['view']}-{key}.npy"
+
+
+def _cached(path: Path, trunk: Trunk, fn, table: LabelTable, preset: EvalPreset, *, bf16: bool | None,
+            batch_size: int, num_workers: int, progress: bool) -> np.ndarray:
+    """``fn`` (``trunk`` or a part of it) of every photo as float16, from ``path`` when computed before."""
     if path.is_file():
-        logger.info("trunk %s from cache %s", name or "features", path)
+        logger.info("trunk output from cache %s", path)
         return np.load(path)
     loader = torch.utils.data.DataLoader(PhotoDataset(table, preset), batch_size=batch_size,
                                          num_workers=num_workers, shuffle=False)
     prepare_for_inference(trunk)
-    out = np.empty((len(table), *shape), dtype=np.float16)
-    with torch.inference_mode(), autocast(bf16):
-        for x, _, idx in tqdm(loader, desc=label, disable=not progress):
-            out[idx.numpy()] = fn(x.to(memory_format=torch.channels_last)).float().numpy()
+    out = None
+    with torch.inference_mode(), autocast(cpu_has_bf16() if bf16 is None else bf16):
+        for x, _, idx in tqdm(loader, desc=path.stem.rsplit("-", 1)[0], disable=not progress):
+            z = fn(x.to(memory_format=torch.channels_last)).float().numpy()  # (B, D) or (B, C, H, W)
+            if out is None:
+                out = np.empty((len(table), *z.shape[1:]), dtype=np.float16)
+            out[idx.numpy()] = z
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.npy")
     np.save(tmp, out)
