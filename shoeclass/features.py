@@ -20,7 +20,7 @@ from .labels import LabelTable
 from .models import Trunk
 from .runtime import autocast, cpu_has_bf16, prepare_for_inference
 
-__all__ = ["state_checksum", "cache_key", "trunk_features", "feature_cache_path", "stem_maps"]
+__all__ = ["state_checksum", "cache_key", "trunk_features", "feature_cache_path"]
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ def trunk_features(trunk: Trunk, table: LabelTable, preset: EvalPreset, cache_di
         bf16: autocast to bf16 (None: when the CPU supports it).
     """
     path = feature_cache_path(trunk, table, preset, cache_dir, view=view, trunk_sha=trunk_sha, bf16=bf16)
-    return _cached(path, trunk, trunk, table, preset, bf16=bf16, batch_size=batch_size, num_workers=num_workers,
+    return _cached(path, trunk, table, preset, bf16=bf16, batch_size=batch_size, num_workers=num_workers,
                    progress=progress).astype(np.float32)
 
 
@@ -65,17 +65,6 @@ def feature_cache_path(trunk: Trunk, table: LabelTable, preset: EvalPreset, cach
     return _path(trunk, pre, table, cache_dir, trunk_sha, bf16, trunk.backbone)
 
 
-def stem_maps(trunk: Trunk, table: LabelTable, preset: EvalPreset, cache_dir: str | Path,
-              *, view: str = "eval", trunk_sha: str | None = None, bf16: bool | None = None,
-              batch_size: int = 64, num_workers: int = 1, progress: bool = True) -> np.ndarray:
-    """(N, C, H, W) float16 maps of the trunk's frozen stem (EfficientNet-Lite with tuned blocks),
-    cached like :func:`trunk_features`; the tunable tail trains and runs on them."""
-    pre = {"preset": type(preset).__name__, "backbone": preset.backbone, "view": view, "stem_cut": trunk.cut}
-    path = _path(trunk, pre, table, cache_dir, trunk_sha, bf16, f"{trunk.backbone}-stem")
-    return _cached(path, trunk, trunk.stem, table, preset, bf16=bf16, batch_size=batch_size,
-                   num_workers=num_workers, progress=progress)
-
-
 def _path(trunk: Trunk, pre: dict, table: LabelTable, cache_dir: str | Path, trunk_sha: str | None,
           bf16: bool | None, label: str) -> Path:
     bf16 = cpu_has_bf16() if bf16 is None else bf16
@@ -83,9 +72,9 @@ def _path(trunk: Trunk, pre: dict, table: LabelTable, cache_dir: str | Path, tru
     return Path(cache_dir) / f"{label}-{pre['view']}-{key}.npy"
 
 
-def _cached(path: Path, trunk: Trunk, fn, table: LabelTable, preset: EvalPreset, *, bf16: bool | None,
+def _cached(path: Path, trunk: Trunk, table: LabelTable, preset: EvalPreset, *, bf16: bool | None,
             batch_size: int, num_workers: int, progress: bool) -> np.ndarray:
-    """``fn`` (``trunk`` or a part of it) of every photo as float16, from ``path`` when computed before."""
+    """The trunk's features of every photo as float16, from ``path`` when computed before."""
     if path.is_file():
         logger.info("trunk output from cache %s", path)
         return np.load(path)
@@ -95,7 +84,7 @@ def _cached(path: Path, trunk: Trunk, fn, table: LabelTable, preset: EvalPreset,
     out = None
     with torch.inference_mode(), autocast(cpu_has_bf16() if bf16 is None else bf16):
         for x, _, idx in tqdm(loader, desc=path.stem.rsplit("-", 1)[0], disable=not progress):
-            z = fn(x.to(memory_format=torch.channels_last)).float().numpy()  # (B, D) or (B, C, H, W)
+            z = trunk(x.to(memory_format=torch.channels_last)).float().numpy()  # (B, D)
             if out is None:
                 out = np.empty((len(table), *z.shape[1:]), dtype=np.float16)
             out[idx.numpy()] = z

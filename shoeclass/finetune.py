@@ -1,81 +1,119 @@
-"""Retraining the last blocks of an EfficientNet-Lite trunk on the photos (``model.tuned_blocks``).
+"""Fine-tuning the last blocks of an EfficientNet-Lite trunk on the photos (``model.tuned_blocks``).
 
-Frozen ImageNet features stop near 0.95 mean balanced accuracy here. Retraining the last block
-and the head convolution adapts the features to shoes at a cost a CPU can afford: the frozen stem
-runs once per photo and view (its maps are cached on disk, ``features.stem_maps``), and only the
-small tail (one MBConv block at 7×7 and the 1×1 head conv, ~1 M parameters) runs forward and
-backward in each epoch. The heads are first trained on the frozen features as usual, then the
-tail and the heads are retrained together at a low learning rate under the heads' own loss
-(``train_frozen.heads_loss``); the decision layer is fitted afterwards on the tuned features.
-On ../shared/data this did not beat the frozen trunk (BENCHMARKS.md): two cached views per photo
-are too little augmentation for a million parameters. It is meant for catalogues further from
-ImageNet than studio shoe photos.
+Frozen ImageNet features stop near 0.95 mean balanced accuracy here. Retraining the trunk's later
+blocks adapts the features to shoes at a cost a CPU can afford:
+
+- the preprocessed photos are cached once as uint8 pixels (``train_images.pixel_cache``) and
+  augmented on the fly with tensor operations (crop, flip, rotation, brightness, contrast), so
+  every epoch sees new views: with a few fixed cached views the retrained blocks overfit;
+- the early blocks stay frozen and run without gradients; the tail (the blocks from
+  ``Trunk.cut``, the head conv) and the heads train together at a low learning rate, starting
+  from heads already trained on the frozen features (LP-FT: Kumar et al. 2022, "Fine-Tuning can
+  Distort Pretrained Features and Underperform Out-of-Distribution");
+- training runs at a lower resolution than inference (``tune_size``, 160 px: twice the speed),
+  which with random crops also suits the test resolution (Touvron et al. 2019, "Fixing the
+  train-test resolution discrepancy"); batch-norm statistics stay frozen (eval mode) because the
+  batches are small and the resolution differs;
+- class weights are capped at 10×: the rarest outputs' positives would otherwise dominate the
+  gradient of the trunk;
+- every epoch ends with a checkpoint, so an interrupted run resumes from its last complete epoch.
 """
 from __future__ import annotations
 
 import copy
 import logging
+import math
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from .losses import class_weights
 from .models import Trunk
 from .runtime import autocast
 
-__all__ = ["tail_features", "tune_tail"]
+__all__ = ["pixel_features", "augment_views", "tune_trunk"]
 
 logger = logging.getLogger(__name__)
 
+MAX_CLASS_WEIGHT = 10.0
 
-def tail_features(trunk: Trunk, maps: np.ndarray, batch: int = 512, bf16: bool | None = None) -> np.ndarray:
-    """(N, D) float32 pooled features of the tail (eval mode) for (N, C, H, W) stem maps."""
+
+def _normalize(pixels: np.ndarray, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    x = torch.from_numpy(np.array(pixels)).permute(0, 3, 1, 2).float() / 255.0
+    return ((x - mean) / std).contiguous(memory_format=torch.channels_last)
+
+
+def pixel_features(trunk: Trunk, pixels: np.ndarray, mean: torch.Tensor, std: torch.Tensor,
+                   batch: int = 128, progress: bool = False) -> np.ndarray:
+    """(N, D) float32 pooled trunk features (eval mode, bf16 where supported) of cached
+    (N, H, W, 3) uint8 pixels; ``mean``/``std`` are the backbone's (1, 3, 1, 1) normalisation."""
     trunk.eval()
-    out = np.empty((len(maps), trunk.dim), dtype=np.float32)
-    with torch.inference_mode(), autocast(bf16):
-        for i in range(0, len(maps), batch):
-            x = torch.from_numpy(maps[i:i + batch]).float().to(memory_format=torch.channels_last)
-            out[i:i + batch] = trunk.tail(x).float().numpy()
+    out = np.empty((len(pixels), trunk.dim), dtype=np.float32)
+    with torch.inference_mode(), autocast():
+        for i in tqdm(range(0, len(pixels), batch), desc="features", disable=not progress):
+            out[i:i + batch] = trunk(_normalize(pixels[i:i + batch], mean, std)).float().numpy()
     return out
 
 
-def tune_tail(trunk: Trunk, heads: torch.nn.Module, views: list[np.ndarray], y: np.ndarray, w: np.ndarray,
-              maps_val: np.ndarray, y_val: np.ndarray, cfg, *, gate: np.ndarray | None = None,
-              suit: np.ndarray | None = None, loss_fn, score_fn) -> dict:
-    """Retrain ``trunk``'s tail and ``heads`` together on stem maps, in place; keeps the epoch
-    best on validation (the starting point, epoch -1, included).
+def augment_views(x: torch.Tensor, gen: torch.Generator, size: int) -> torch.Tensor:
+    """Random views of (B, 3, H, W) photos in [0, 1], resampled to ``size``: a crop keeping
+    50–100 % of the area, horizontal flip, rotation up to ±15°, brightness and contrast ±25 %.
+    Areas outside the photo are white, like the padding of the preprocessing."""
+    b = x.shape[0]
+    scale = torch.empty(b).uniform_(0.5, 1.0, generator=gen).sqrt()
+    angle = torch.empty(b).uniform_(-math.pi / 12, math.pi / 12, generator=gen)
+    flip = torch.where(torch.rand(b, generator=gen) < 0.5, -1.0, 1.0)
+    cx = torch.empty(b).uniform_(-1, 1, generator=gen) * (1 - scale)
+    cy = torch.empty(b).uniform_(-1, 1, generator=gen) * (1 - scale)
+    cos, sin = torch.cos(angle) * scale, torch.sin(angle) * scale
+    theta = torch.stack([torch.stack([cos * flip, -sin, cx], 1), torch.stack([sin * flip, cos, cy], 1)], 1)
+    grid = F.affine_grid(theta, [b, 3, size, size], align_corners=False)
+    x = F.grid_sample(x - 1, grid, mode="bilinear", align_corners=False, padding_mode="zeros") + 1  # white outside
+    bright = torch.empty(b, 1, 1, 1).uniform_(0.75, 1.25, generator=gen)
+    contrast = torch.empty(b, 1, 1, 1).uniform_(0.75, 1.25, generator=gen)
+    mean = x.mean((1, 2, 3), keepdim=True)
+    return ((x - mean) * contrast + mean * bright).clamp(0, 1)
 
-    ``heads`` must already be trained on the frozen trunk's features: fine-tuning from a trained
-    head distorts the pretrained features far less than from a random one (Kumar et al. 2022,
-    "Fine-Tuning can Distort Pretrained Features"). Batch-norm statistics stay frozen.
+
+def tune_trunk(trunk: Trunk, heads: torch.nn.Module, pixels: np.ndarray, y: np.ndarray, w: np.ndarray,
+               pixels_val: np.ndarray, y_val: np.ndarray, cfg, *, mean: torch.Tensor, std: torch.Tensor,
+               gate: np.ndarray | None = None, suit: np.ndarray | None = None, loss_fn, score_fn) -> dict:
+    """Retrain ``trunk``'s tail and ``heads`` together on augmented photos, in place; keeps the
+    epoch best on validation (the starting point, epoch -1, included).
 
     Args:
-        views: stem maps of the training photos, one (N, C, H, W) array per view (the eval view
-            and augmented ones); each epoch draws one view per photo.
+        pixels: (N, 224, 224, 3) uint8 preprocessed training photos (may be memory-mapped).
         y, w: (N, 14) labels (0.5 masked) and (N,) sample weights; gate, suit: the heads' other
             targets (see ``train_frozen.fit_heads``).
-        maps_val, y_val: validation stem maps and labels.
-        cfg: the TrainConfig (``tune_epochs``, ``tune_lr``, ``balance``, ``weight_decay``, ``seed``).
+        pixels_val, y_val: validation photos (scored at full resolution, unaugmented) and labels.
+        cfg: the TrainConfig (``tune_epochs``, ``tune_lr``, ``tune_size``, ``tune_batch``,
+            ``balance``, ``weight_decay``, ``seed``, ``out``, ``progress``).
+        mean, std: the backbone's (1, 3, 1, 1) normalisation.
         loss_fn: ``train_frozen.heads_loss``; score_fn: (val logits, y_val) -> score to maximise.
 
     Returns:
         A history dict (epochs run, best epoch, validation score per epoch, seconds).
     """
     torch.manual_seed(cfg.seed)
-    rng = np.random.default_rng(cfg.seed)
-    t0 = time.time()
+    gen = torch.Generator().manual_seed(cfg.seed)
     tail_params = [p for m in trunk.tail_modules() for p in m.parameters()]
     trunk.requires_grad_(False)
     for p in tail_params:
         p.requires_grad_(True)
+    trunk.to(memory_format=torch.channels_last)
     head_params = [p for p in heads.parameters() if p.requires_grad]
     opt = torch.optim.AdamW([{"params": tail_params}, {"params": head_params}], lr=cfg.tune_lr,
                             weight_decay=cfg.weight_decay)
-    batch = 128
-    steps_per_epoch = -(-len(y) // batch)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.tune_epochs * steps_per_epoch)
-    cw = torch.from_numpy(class_weights(y, cfg.balance))
+    steps_per_epoch = -(-len(y) // cfg.tune_batch)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.tune_lr, total_steps=cfg.tune_epochs * steps_per_epoch,
+                                                pct_start=0.1)
+    # Class weights capped: a rare output's few positives (weights of several hundred) would
+    # otherwise steer the whole trunk; their thresholds are tuned on validation afterwards anyway.
+    cw = torch.from_numpy(class_weights(y, cfg.balance)).clamp(max=MAX_CLASS_WEIGHT)
     yt, wt = torch.from_numpy(y), torch.from_numpy(w)
     gt = torch.from_numpy(gate) if gate is not None else None
     st = torch.from_numpy(suit) if suit is not None else None
@@ -83,33 +121,57 @@ def tune_tail(trunk: Trunk, heads: torch.nn.Module, views: list[np.ndarray], y: 
     def validate() -> float:
         heads.eval()
         with torch.inference_mode():
-            return score_fn(heads(torch.from_numpy(tail_features(trunk, maps_val)))["logits"].numpy(), y_val)
+            feats = torch.from_numpy(pixel_features(trunk, pixels_val, mean, std))
+            return score_fn(heads(feats)["logits"].numpy(), y_val)
 
-    scores = [validate()]
-    best, best_epoch = scores[0], -1
-    best_state = copy.deepcopy((trunk.tuned_state(), heads.state_dict()))
-    for epoch in range(cfg.tune_epochs):
+    state_path = Path(cfg.out) / "tune_state.pt"
+    settings = {k: getattr(cfg, k) for k in ("tune_epochs", "tune_lr", "tune_size", "tune_batch", "seed")}
+    settings["tuned_blocks"], settings["n_train"] = trunk.tuned_blocks, len(y)
+    if state_path.is_file():  # resume an interrupted run from its last complete epoch
+        s = torch.load(state_path, map_location="cpu", weights_only=True)
+        if s.get("settings") != settings:
+            raise ValueError(f"{state_path} was written by a run with other settings ({s.get('settings')}); "
+                             "delete it to start afresh or train into another out folder")
+        trunk.load_state_dict(s["trunk"], strict=False)
+        heads.load_state_dict(s["heads"])
+        opt.load_state_dict(s["optimizer"])
+        sched.load_state_dict(s["scheduler"])
+        gen.set_state(s["generator"])
+        scores, best_epoch, best_state, spent = s["scores"], s["best_epoch"], s["best_state"], s["seconds"]
+        logger.info("resuming trunk tuning at epoch %d", len(scores) - 1)
+    else:
+        scores, best_epoch, spent = [validate()], -1, 0.0
+        best_state = copy.deepcopy((trunk.tuned_state(), heads.state_dict()))
+    t0 = time.time() - spent
+    for epoch in range(len(scores) - 1, cfg.tune_epochs):
         trunk.eval()  # batch-norm statistics frozen; drop connect off
         heads.train()
-        view = rng.integers(len(views), size=len(y))
-        for idx in np.array_split(rng.permutation(len(y)), steps_per_epoch):
-            x = np.stack([views[v][i] for v, i in zip(view[idx], idx)])
-            x = torch.from_numpy(x).float().to(memory_format=torch.channels_last)
-            with autocast():
-                z = trunk.tail(x)
-            out = heads(z.float())
-            loss = loss_fn(out, yt[idx], cw, wt[idx], None if gt is None else gt[idx], None if st is None else st[idx])
+        order = torch.randperm(len(y), generator=gen)
+        for idx in tqdm(order.split(cfg.tune_batch), desc=f"tune epoch {epoch}", disable=not cfg.progress):
+            sel = np.sort(idx.numpy())
+            x = torch.from_numpy(np.array(pixels[sel])).permute(0, 3, 1, 2).float() / 255.0
+            x = ((augment_views(x, gen, cfg.tune_size) - mean) / std).contiguous(memory_format=torch.channels_last)
+            with torch.no_grad(), autocast():  # the frozen blocks: bf16 is 5× faster here; the tail trains in fp32
+                x = trunk.stem(x).float()
+            out = heads(trunk.tail(x))
+            loss = loss_fn(out, yt[sel], cw, wt[sel], None if gt is None else gt[sel], None if st is None else st[sel])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
         scores.append(validate())
-        logger.info("tail epoch %d val mean balanced accuracy %.4f (%.0f s)", epoch, scores[-1], time.time() - t0)
-        if scores[-1] > best:
-            best, best_epoch = scores[-1], epoch
-            best_state = copy.deepcopy((trunk.tuned_state(), heads.state_dict()))
+        logger.info("tune epoch %d val mean balanced accuracy %.4f (%.0f s)", epoch, scores[-1], time.time() - t0)
+        if scores[-1] > max(scores[:-1]):
+            best_epoch, best_state = epoch, copy.deepcopy((trunk.tuned_state(), heads.state_dict()))
+        state_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = state_path.with_suffix(".tmp")
+        torch.save({"trunk": trunk.tuned_state(), "heads": heads.state_dict(), "optimizer": opt.state_dict(),
+                    "scheduler": sched.state_dict(), "generator": gen.get_state(), "scores": scores,
+                    "best_epoch": best_epoch, "best_state": best_state, "seconds": time.time() - t0,
+                    "settings": settings}, tmp)
+        tmp.replace(state_path)  # the previous complete epoch stays loadable until this one is written
     trunk.load_state_dict(best_state[0], strict=False)
     heads.load_state_dict(best_state[1])
     trunk.requires_grad_(False).eval()
     return {"epochs_run": cfg.tune_epochs, "best_epoch": best_epoch, "val_scores": [round(v, 4) for v in scores],
-            "val_mean_balanced_accuracy": best, "seconds": round(time.time() - t0, 1)}
+            "val_mean_balanced_accuracy": max(scores), "seconds": round(time.time() - t0, 1)}

@@ -49,8 +49,10 @@ class TrainConfig:
     aug_views: int = 2  # augmented views of each training photo in the feature cache
     source_weights: dict = field(default_factory=dict)  # e.g. {worn: 2.0}
     ema: float = 0.0  # heads on cached features: decay of the weight average (0 = off)
-    tune_epochs: int = 6  # model.tuned_blocks > 0: epochs of tail + heads retraining (finetune.py)
-    tune_lr: float = 1e-4  # its learning rate (cosine-annealed)
+    tune_epochs: int = 6  # model.tuned_blocks > 0: epochs of tail + heads fine-tuning (finetune.py)
+    tune_lr: float = 1e-4  # its peak learning rate (one-cycle schedule)
+    tune_size: int = 160  # its training resolution (inference stays at 224)
+    tune_batch: int = 64
     seed: int = 0
     cache_dir: str = ".cache/features"
     progress: bool = True
@@ -79,10 +81,22 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None) -
     allowed_model = {f.name for f in fields(ModelConfig)}
     if set(model_raw) - allowed_model:
         raise ValueError(f"unknown model key(s) {sorted(set(model_raw) - allowed_model)}; allowed: {sorted(allowed_model)}")
-    cfg = TrainConfig(**raw, model=ModelConfig(**model_raw))
+    cfg = TrainConfig(**_floats(TrainConfig, raw), model=ModelConfig(**_floats(ModelConfig, model_raw)))
     if cfg.optimizer not in ("adam", "sgd"):
         raise ValueError(f"optimizer must be 'adam' or 'sgd', got {cfg.optimizer!r}")
     return cfg
+
+
+def _floats(cls, raw: dict) -> dict:
+    """Float settings written as YAML reads ``5e-5`` (a string: YAML 1.1 floats need a dot) made floats."""
+    out = dict(raw)
+    for f in fields(cls):
+        if isinstance(f.default, float) and isinstance(out.get(f.name), (str, int)) and not isinstance(out[f.name], bool):
+            try:
+                out[f.name] = float(out[f.name])
+            except ValueError:
+                raise ValueError(f"config key {f.name!r} must be a number, got {out[f.name]!r}") from None
+    return out
 
 
 def make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:

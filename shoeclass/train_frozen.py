@@ -19,7 +19,7 @@ from .attributes import MASK, OUTPUT_KEYS
 from .calibration import SoftmaxTemperature, TemperatureScaling
 from .data import EvalPreset, TrainPreset
 from .decision import DecisionLayer, effective_prior, prior_thresholds, tune_thresholds
-from .features import state_checksum, stem_maps, trunk_features
+from .features import state_checksum, trunk_features
 from .fusion import BayesianFusion
 from .hierarchy import AttributeClusters
 from .labels import LabelTable
@@ -166,13 +166,7 @@ def train_frozen(cfg: TrainConfig, table: LabelTable):
                **{f"valaug{v}": TrainPreset(cfg.model.backbone, seed=100 + v) for v in range(FUSION_VIEWS)}}
     subsets = {"eval": table, **{v: tr for v in presets if v.startswith("aug")},
                **{v: va for v in presets if v.startswith("valaug")}}
-    if cfg.model.tuned_blocks:
-        from .finetune import tail_features
-
-        maps = {v: stem_maps(model.trunk, subsets[v], presets[v], cfg.cache_dir, view=v, **kw) for v in presets}
-        features = lambda v: tail_features(model.trunk, maps[v])
-    else:
-        features = lambda v: trunk_features(model.trunk, subsets[v], presets[v], cfg.cache_dir, view=v, **kw)
+    features = lambda v: trunk_features(model.trunk, subsets[v], presets[v], cfg.cache_dir, view=v, **kw)
     train_views = ["eval"] + [v for v in presets if v.startswith("aug")]
     reps = len(train_views)
     targets = dict(gate=gate_targets(clusters, tr.y), suit=suitability_targets(tr))
@@ -182,14 +176,11 @@ def train_frozen(cfg: TrainConfig, table: LabelTable):
                         _rows(frozen["eval"], "eval", table, "val"), va.y, cfg,
                         gate_targets=np.tile(targets["gate"], reps), suit_targets=np.tile(targets["suit"], (reps, 1)))
     if cfg.model.tuned_blocks:
-        from .finetune import tune_tail
-
-        history["tail"] = tune_tail(model.trunk, model.heads, [_rows(maps[v], v, table, "train") for v in train_views],
-                                    tr.y, sample_weights(tr, cfg), _rows(maps["eval"], "eval", table, "val"), va.y, cfg,
-                                    **targets, loss_fn=heads_loss, score_fn=val_score)
-    every = features("eval") if cfg.model.tuned_blocks else frozen["eval"]
+        feats = _tune(cfg, model, table, targets, history)
+        kw["trunk_sha"] = None  # later views through the tuned trunk: cached under its own checksum
+    else:
+        feats = {s: _rows(frozen["eval"], "eval", table, s) for s in ("train", "val", "test") if (table.split == s).any()}
     del frozen
-    feats = {s: every[table.split == s] for s in ("train", "val", "test") if (table.split == s).any()}
     out_val = predict_outputs(model.heads, feats["val"])
     decision = DecisionLayer(TemperatureScaling().fit(out_val["logits"], va.y), clusters,
                              SoftmaxTemperature().fit(out_val["gate"], gate_targets(clusters, va.y)))
@@ -207,6 +198,22 @@ def train_frozen(cfg: TrainConfig, table: LabelTable):
         probs_test = decision.photo_probs(out_test["logits"], out_test["gate"])
     trunk_info = {"sha256": sha, "weights": cfg.trunk_weights, "tuned_blocks": cfg.model.tuned_blocks}
     return model, history, probs_test, decision, trunk_info
+
+
+def _tune(cfg: TrainConfig, model, table: LabelTable, targets: dict, history: dict) -> dict[str, np.ndarray]:
+    """Fine-tune the trunk's tail with the heads on augmented photos (finetune.py); returns the
+    tuned trunk's features of the validation and test photos (the decision layer's inputs)."""
+    from .finetune import pixel_features, tune_trunk
+    from .train_images import pixel_cache
+
+    preset = EvalPreset(cfg.model.backbone)
+    mean, std = preset._mean[None], preset._std[None]
+    pix = {s: pixel_cache(table.subset(table.split == s), preset, cfg.cache_dir, cfg.progress, size=224)
+           for s in ("train", "val", "test") if (table.split == s).any()}
+    tr, va = table.subset(table.split == "train"), table.subset(table.split == "val")
+    history["tune"] = tune_trunk(model.trunk, model.heads, pix["train"], tr.y, sample_weights(tr, cfg), pix["val"],
+                                 va.y, cfg, mean=mean, std=std, **targets, loss_fn=heads_loss, score_fn=val_score)
+    return {s: pixel_features(model.trunk, p, mean, std, progress=cfg.progress) for s, p in pix.items() if s != "train"}
 
 
 def _rows(x: np.ndarray, view: str, table: LabelTable, split: str) -> np.ndarray:

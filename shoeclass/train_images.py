@@ -31,18 +31,23 @@ __all__ = ["pixel_cache", "train_lenet", "augment_batch"]
 logger = logging.getLogger(__name__)
 
 
-def pixel_cache(table: LabelTable, preset: EvalPreset, cache_dir: str | Path, progress: bool = True) -> np.ndarray:
-    """(N, 112, 112, 3) uint8 preprocessed pixels of every photo, 2×2-averaged as lenet's first
-    layer does, memory-mapped from the cache."""
+def pixel_cache(table: LabelTable, preset: EvalPreset, cache_dir: str | Path, progress: bool = True,
+                size: int = 112) -> np.ndarray:
+    """(N, size, size, 3) uint8 preprocessed pixels of every photo, memory-mapped from the cache:
+    224 as preprocessed, or 112, 2×2-averaged as lenet's first layer does."""
+    if size not in (112, 224):
+        raise ValueError(f"size must be 112 or 224, got {size}")
     key = hashlib.sha256("\n".join(map(str, table.image)).encode()).hexdigest()[:20]
-    path = Path(cache_dir) / f"pixels112-{key}.npy"
+    path = Path(cache_dir) / f"pixels{size}-{key}.npy"
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp.npy")
-        arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(table), 112, 112, 3))
-        for i, p in enumerate(tqdm(table.paths(), desc="pixels", disable=not progress)):
-            px = preset.pixels(load_image(p)).astype(np.float32)  # (224, 224, 3)
-            arr[i] = np.rint(px.reshape(112, 2, 112, 2, 3).mean((1, 3))).astype(np.uint8)
+        arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(table), size, size, 3))
+        for i, p in enumerate(tqdm(table.paths(), desc=f"pixels{size}", disable=not progress)):
+            px = preset.pixels(load_image(p))  # (224, 224, 3) uint8
+            if size == 112:
+                px = np.rint(px.astype(np.float32).reshape(112, 2, 112, 2, 3).mean((1, 3))).astype(np.uint8)
+            arr[i] = px
         arr.flush()
         del arr
         tmp.replace(path)

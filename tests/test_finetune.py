@@ -1,5 +1,6 @@
-"""Retraining the last EfficientNet-Lite block (model.tuned_blocks): stem/tail split, training on
-cached stem maps, and the retrained tensors travelling with the model folder."""
+"""Fine-tuning the last EfficientNet-Lite blocks (model.tuned_blocks): stem/tail split, online
+augmentation, training from cached pixels, resuming, and the tuned tensors travelling with the
+model folder."""
 import json
 
 import numpy as np
@@ -34,27 +35,47 @@ def test_tuned_blocks_out_of_range_or_on_other_backbones_raise():
         build_trunk("vgg16", None, tuned_blocks=1)
 
 
+def test_augmented_views_have_the_training_size_and_stay_in_range():
+    from shoeclass.finetune import augment_views
+
+    x = torch.rand(4, 3, 224, 224)
+    views = augment_views(x, torch.Generator().manual_seed(0), 160)
+    assert views.shape == (4, 3, 160, 160) and views.min() >= 0 and views.max() <= 1
+    again = augment_views(x, torch.Generator().manual_seed(0), 160)
+    torch.testing.assert_close(views, again)  # the generator alone decides the views
+
+
+def test_rotated_views_fill_outside_the_photo_with_white():
+    from shoeclass.finetune import augment_views
+
+    black = torch.zeros(64, 3, 224, 224)
+    views = augment_views(black, torch.Generator().manual_seed(1), 160)
+    corners = views[:, :, [0, 0, -1, -1], [0, -1, 0, -1]]
+    assert (corners > 0.5).any()  # some rotated view shows the white border, none shows garbage
+    assert torch.isfinite(views).all()
+
+
 @pytest.fixture(scope="module")
 def tuned_model(tiny_dataset, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("tuned")
     cfg = load_config("configs/efficientnet_lite0.yaml", {
         "data": str(tiny_dataset), "out": str(tmp / "m"), "epochs": 2, "cache_dir": str(tmp / "cache"),
-        "progress": False, "aug_views": 1, "model.tuned_blocks": 1, "tune_epochs": 2})
+        "progress": False, "aug_views": 1, "model.tuned_blocks": 1, "tune_epochs": 2, "tune_batch": 8})
     return train(cfg)
 
 
 def test_training_retrains_the_tail_and_stores_it(tuned_model):
     meta = json.loads((tuned_model / "model.json").read_text())
     assert meta["model"]["tuned_blocks"] == 1 and meta["trunk"]["tuned_blocks"] == 1
-    assert meta["training"]["history"]["tail"]["epochs_run"] == 2
-    assert len(meta["training"]["history"]["tail"]["val_scores"]) == 3  # the start and two epochs
+    assert meta["training"]["history"]["tune"]["epochs_run"] == 2
+    assert len(meta["training"]["history"]["tune"]["val_scores"]) == 3  # the start and two epochs
     state = load_file(str(tuned_model / "model.safetensors"))
     tuned = {k.removeprefix("trunk."): v for k, v in state.items() if k.startswith("trunk.")}
     imagenet = build_trunk("efficientnet_lite0", "imagenet", tuned_blocks=1).tuned_state()
     assert set(tuned) == set(imagenet)
     # the tail kept is the best on validation: the ImageNet one when no epoch beat the start
     changed = not torch.equal(tuned["body._conv_head.weight"], imagenet["body._conv_head.weight"])
-    assert changed == (meta["training"]["history"]["tail"]["best_epoch"] >= 0)
+    assert changed == (meta["training"]["history"]["tune"]["best_epoch"] >= 0)
     # the recorded checksum is the ImageNet trunk's, the one the stem must match at load time
     assert meta["trunk"]["sha256"] == state_checksum(build_trunk("efficientnet_lite0", "imagenet", tuned_blocks=1))
 
@@ -65,6 +86,16 @@ def test_loaded_model_uses_the_retrained_tail(tuned_model, tiny_dataset):
     torch.testing.assert_close(model.trunk.body._conv_head.weight, state["trunk.body._conv_head.weight"])
     d = classify_images(str(tiny_dataset / "images" / "p000.jpg"), model=tuned_model).to_dict()
     assert all(0.0 <= v <= 1.0 for v in d["attributes"].values())
+
+
+def test_interrupted_tuning_resumes_and_other_settings_are_refused(tiny_dataset, tmp_path):
+    base = {"data": str(tiny_dataset), "out": str(tmp_path / "m"), "epochs": 1, "cache_dir": str(tmp_path / "c"),
+            "progress": False, "aug_views": 1, "model.tuned_blocks": 1, "tune_epochs": 1, "tune_batch": 8}
+    train(load_config("configs/efficientnet_lite0.yaml", base))
+    state = torch.load(tmp_path / "m" / "tune_state.pt", weights_only=True)
+    assert len(state["scores"]) == 2  # the start and the one epoch
+    with pytest.raises(ValueError, match="other settings"):
+        train(load_config("configs/efficientnet_lite0.yaml", {**base, "tune_lr": 1e-3}))
 
 
 def test_missing_tail_tensors_are_refused(tuned_model, tmp_path):
@@ -82,4 +113,4 @@ def test_missing_tail_tensors_are_refused(tuned_model, tmp_path):
     (folder / "model.json").write_text(json.dumps(meta))
     with pytest.raises(CheckpointError, match="do not fit"):
         load_checkpoint(folder)
-    assert np.isfinite(meta["training"]["history"]["tail"]["val_mean_balanced_accuracy"])
+    assert np.isfinite(meta["training"]["history"]["tune"]["val_mean_balanced_accuracy"])

@@ -98,3 +98,11 @@ def test_lenet_trains_one_epoch(tiny_dataset, tmp_path):
 def test_unknown_config_key_is_named():
     with pytest.raises(ValueError, match="unknown config key"):
         load_config(None, {"epochz": 3})
+
+
+def test_exponent_floats_are_read_as_numbers_and_bad_ones_named():
+    # YAML 1.1 reads 5e-5 (no dot) as a string; a learning rate written so must still work
+    cfg = load_config(None, {"tune_lr": "5e-5", "lr": 1, "model.dropout": "0.2"})
+    assert cfg.tune_lr == 5e-5 and isinstance(cfg.lr, float) and cfg.model.dropout == 0.2
+    with pytest.raises(ValueError, match="'lr' must be a number"):
+        load_config(None, {"lr": "fast"})
