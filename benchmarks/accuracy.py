@@ -18,6 +18,7 @@ import numpy as np
 
 from shoeclass.api import Classifier
 from shoeclass.attributes import OUTPUT_KEYS
+from shoeclass.decision import tune_thresholds
 from shoeclass.evaluate import predict_table
 from shoeclass.labels import read_labels
 from shoeclass.metrics import attribute_metrics, majority_baseline, summarize
@@ -43,6 +44,27 @@ def table(per: dict[str, dict], base: dict[str, dict]) -> str:
         rows.append(f"| {key}{star} | {m['n']} | {m['n_pos']} | {m['accuracy']:.4f} | "
                     f"{m['balanced_accuracy']:.4f} | {b['accuracy']:.4f} |")
     return "\n".join(rows)
+
+
+def tradeoff(clf: Classifier, labels, test) -> dict:
+    """Test means under other per-attribute thresholds: chosen on val for accuracy alone, and
+    the best achievable on test itself (an oracle, not a model) for accuracy alone and for
+    accuracy + balanced accuracy. Shows whether one threshold set can meet both targets."""
+    val = labels.subset(labels.split == "val")
+    pv, pt = predict_table(clf, val, progress=False), predict_table(clf, test, progress=False)
+    fb = clf.thresholds
+    rows = {"shipped thresholds (val: accuracy + balanced accuracy)": fb,
+            "val: accuracy alone": tune_thresholds(pv, val.y, fb, accuracy_weight=1.0, balanced_weight=0.0),
+            "oracle on test: accuracy alone": tune_thresholds(pt, test.y, fb, accuracy_weight=1.0, balanced_weight=0.0),
+            "oracle on test: accuracy + balanced accuracy": tune_thresholds(pt, test.y, fb)}
+    out = {}
+    print("\nthreshold trade-off (test split, same probabilities):\n")
+    print("| thresholds | mean accuracy | mean balanced accuracy |\n|---|---|---|")
+    for name, thr in rows.items():
+        s = summarize(attribute_metrics(pt, test.y, thresholds=thr))
+        out[name] = {"mean_accuracy": s["mean_accuracy"], "mean_balanced_accuracy": s["mean_balanced_accuracy"]}
+        print(f"| {name} | {s['mean_accuracy']:.4f} | {s['mean_balanced_accuracy']:.4f} |")
+    return out
 
 
 def main() -> None:
@@ -72,7 +94,7 @@ def main() -> None:
         clf = Classifier(out)
         probs = predict_table(clf, test, progress=False)
         eval_s = time.time() - t0
-        results[name] = {"train_wall_seconds": wall, "eval_seconds": round(eval_s, 1)}
+        results[name] = {"backbone": meta["backbone"], "train_wall_seconds": wall, "eval_seconds": round(eval_s, 1)}
         print(f"\n## {name}  (decision thresholds tuned on val: {np.round(clf.thresholds, 2).tolist()})")
         print(f"(training wall time {wall:.0f} s; test evaluation {eval_s:.0f} s for {len(test)} photos)")
         for g, sel in groups.items():
@@ -86,11 +108,12 @@ def main() -> None:
                   f"{s['n_attributes_in_balanced_mean']} attributes)\n")
             print(table(per, base))
     print("\n* fewer than 10 labels of a class in this group: left out of the mean balanced accuracy\n")
-    transfer = [m for m in results if m in TRANSFER]
+    transfer = [m for m in results if results[m]["backbone"] in TRANSFER]
     if transfer:
         best = max(transfer, key=lambda m: results[m]["all"]["summary"]["mean_balanced_accuracy"])
         results["transfer"] = results[best]
         print(f"best transfer model: {best}")
+        results[best]["threshold_tradeoff"] = tradeoff(Classifier(Path(args.runs) / best), labels, test)
     for tname, (model, group, metric, goal) in TARGETS.items():
         if model not in results:
             continue

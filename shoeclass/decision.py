@@ -105,10 +105,11 @@ class DecisionLayer:
 
 
 def tune_thresholds(probs: np.ndarray, y: np.ndarray, fallback: np.ndarray | None = None,
-                    min_per_class: int = 10) -> np.ndarray:
+                    min_per_class: int = 10, accuracy_weight: float = 1.0, balanced_weight: float = 1.0) -> np.ndarray:
     """(K,) decision thresholds chosen on validation: per output, the one maximising accuracy plus
-    balanced accuracy (the two figures the evaluation reports). Where validation has fewer than
-    ``min_per_class`` labels of a class, ``fallback`` (default 0.5; see :func:`prior_thresholds`)."""
+    balanced accuracy (the two figures the evaluation reports; the weights change the mix). Where
+    validation has fewer than ``min_per_class`` labels of a class, ``fallback`` (default 0.5; see
+    :func:`prior_thresholds`)."""
     thr = np.full(y.shape[1], 0.5) if fallback is None else np.asarray(fallback, dtype=np.float64).copy()
     grid = np.linspace(0.02, 0.98, 49)
     for k in range(y.shape[1]):
@@ -119,7 +120,7 @@ def tune_thresholds(probs: np.ndarray, y: np.ndarray, fallback: np.ndarray | Non
         pred = p[None, :] >= grid[:, None]  # (G, n)
         rec_pos, rec_neg = pred[:, t].mean(1), (~pred[:, ~t]).mean(1)
         acc = (pred == t[None]).mean(1)
-        thr[k] = grid[int(np.argmax(acc + (rec_pos + rec_neg) / 2))]
+        thr[k] = grid[int(np.argmax(accuracy_weight * acc + balanced_weight * (rec_pos + rec_neg) / 2))]
     return thr
 
 

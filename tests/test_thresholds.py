@@ -26,3 +26,15 @@ def test_rare_outputs_take_the_fallback_and_the_others_are_tuned():
     thr = tune_thresholds(probs, y, fallback=np.array([0.5, 0.97]))
     assert 0.7 < thr[0] <= 0.9 and thr[1] == 0.97
     assert tune_thresholds(probs, y)[1] == 0.5
+
+
+def test_accuracy_alone_trades_the_rare_class_for_the_common_one():
+    # 5 % positives whose scores overlap the negatives: accuracy alone says "absent" more often
+    rng = np.random.default_rng(1)
+    y = (np.arange(2000) < 100).astype(np.float32)[:, None]
+    probs = np.clip(np.where(y == 1, 0.7, 0.35) + rng.normal(0, 0.12, y.shape), 0, 1)
+    both = tune_thresholds(probs, y)[0]
+    acc_only = tune_thresholds(probs, y, accuracy_weight=1.0, balanced_weight=0.0)[0]
+    assert acc_only > both
+    pred = lambda t: (probs[:, 0] >= t) == (y[:, 0] == 1)  # noqa: E731
+    assert pred(acc_only).mean() >= pred(both).mean()
