@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import json
 import logging
 import time
 from dataclasses import asdict
@@ -20,25 +21,32 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .data import EvalPreset
+from .data import EvalPreset, preprocess_config
 from .images import load_image
 from .labels import LabelTable
 from .losses import class_weights, masked_bce
 from .models import build_model
 
-__all__ = ["pixel_cache", "train_lenet", "augment_batch"]
+__all__ = ["pixel_cache", "pixel_cache_path", "train_lenet", "augment_batch"]
 
 logger = logging.getLogger(__name__)
+
+
+def pixel_cache_path(table: LabelTable, preset: EvalPreset, cache_dir: str | Path, size: int = 112) -> Path:
+    """The file :func:`pixel_cache` reads and writes: keyed by the photo list and the
+    preprocessing steps that made the pixels."""
+    if size not in (112, 224):
+        raise ValueError(f"size must be 112 or 224, got {size}")
+    steps = {k: v for k, v in preprocess_config(preset.backbone).items() if k not in ("mean", "std")}
+    blob = json.dumps(steps, sort_keys=True) + "\n" + "\n".join(map(str, table.image))
+    return Path(cache_dir) / f"pixels{size}-{hashlib.sha256(blob.encode()).hexdigest()[:20]}.npy"
 
 
 def pixel_cache(table: LabelTable, preset: EvalPreset, cache_dir: str | Path, progress: bool = True,
                 size: int = 112) -> np.ndarray:
     """(N, size, size, 3) uint8 preprocessed pixels of every photo, memory-mapped from the cache:
     224 as preprocessed, or 112, 2×2-averaged as lenet's first layer does."""
-    if size not in (112, 224):
-        raise ValueError(f"size must be 112 or 224, got {size}")
-    key = hashlib.sha256("\n".join(map(str, table.image)).encode()).hexdigest()[:20]
-    path = Path(cache_dir) / f"pixels{size}-{key}.npy"
+    path = pixel_cache_path(table, preset, cache_dir, size)
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp.npy")

@@ -114,3 +114,20 @@ def test_missing_tail_tensors_are_refused(tuned_model, tmp_path):
     with pytest.raises(CheckpointError, match="do not fit"):
         load_checkpoint(folder)
     assert np.isfinite(meta["training"]["history"]["tune"]["val_mean_balanced_accuracy"])
+
+
+def test_pixel_cache_is_keyed_by_photos_and_size(tiny_dataset, tmp_path):
+    from shoeclass.data import EvalPreset
+    from shoeclass.labels import read_labels
+    from shoeclass.train_images import pixel_cache, pixel_cache_path
+
+    table = read_labels(tiny_dataset)
+    preset = EvalPreset("efficientnet_lite0")
+    first = table.subset(np.arange(len(table)) < 3)
+    px = pixel_cache(first, preset, tmp_path, progress=False, size=224)
+    assert px.shape == (3, 224, 224, 3) and px.dtype == np.uint8
+    assert pixel_cache_path(first, preset, tmp_path, 224).is_file()
+    assert pixel_cache_path(first, preset, tmp_path, 112) != pixel_cache_path(first, preset, tmp_path, 224)
+    assert pixel_cache_path(table, preset, tmp_path, 224) != pixel_cache_path(first, preset, tmp_path, 224)
+    with pytest.raises(ValueError, match="112 or 224"):
+        pixel_cache_path(first, preset, tmp_path, 160)
