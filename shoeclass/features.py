@@ -62,32 +62,24 @@ def feature_cache_path(trunk: Trunk, table: LabelTable, preset: EvalPreset, cach
                        *, view: str = "eval", trunk_sha: str | None = None, bf16: bool | None = None) -> Path:
     """The file :func:`trunk_features` reads and writes for this trunk, photo list and view."""
     pre = {"preset": type(preset).__name__, "backbone": preset.backbone, "view": view, "pooling": trunk.pooling}
-    return _path(trunk, pre, table, cache_dir, trunk_sha, bf16, trunk.backbone)
-
-
-def _path(trunk: Trunk, pre: dict, table: LabelTable, cache_dir: str | Path, trunk_sha: str | None,
-          bf16: bool | None, label: str) -> Path:
     bf16 = cpu_has_bf16() if bf16 is None else bf16
     key = cache_key(trunk_sha or state_checksum(trunk), pre, table, bf16)
-    return Path(cache_dir) / f"{label}-{pre['view']}-{key}.npy"
+    return Path(cache_dir) / f"{trunk.backbone}-{view}-{key}.npy"
 
 
 def _cached(path: Path, trunk: Trunk, table: LabelTable, preset: EvalPreset, *, bf16: bool | None,
             batch_size: int, num_workers: int, progress: bool) -> np.ndarray:
     """The trunk's features of every photo as float16, from ``path`` when computed before."""
     if path.is_file():
-        logger.info("trunk output from cache %s", path)
+        logger.info("trunk features from cache %s", path)
         return np.load(path)
     loader = torch.utils.data.DataLoader(PhotoDataset(table, preset), batch_size=batch_size,
                                          num_workers=num_workers, shuffle=False)
     prepare_for_inference(trunk)
-    out = None
+    out = np.empty((len(table), trunk.dim), dtype=np.float16)
     with torch.inference_mode(), autocast(cpu_has_bf16() if bf16 is None else bf16):
         for x, _, idx in tqdm(loader, desc=path.stem.rsplit("-", 1)[0], disable=not progress):
-            z = trunk(x.to(memory_format=torch.channels_last)).float().numpy()  # (B, D)
-            if out is None:
-                out = np.empty((len(table), *z.shape[1:]), dtype=np.float16)
-            out[idx.numpy()] = z
+            out[idx.numpy()] = trunk(x.to(memory_format=torch.channels_last)).float().numpy()  # (B, D)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.npy")
     np.save(tmp, out)

@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 from .losses import class_weights
 from .models import Trunk
 from .runtime import autocast
+from .train_images import _to_input
 
 __all__ = ["pixel_features", "augment_views", "tune_trunk"]
 
@@ -42,8 +43,7 @@ logger = logging.getLogger(__name__)
 MAX_CLASS_WEIGHT = 10.0
 
 
-def _normalize(pixels: np.ndarray, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    x = torch.from_numpy(np.array(pixels)).permute(0, 3, 1, 2).float() / 255.0
+def _normalize(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
     return ((x - mean) / std).contiguous(memory_format=torch.channels_last)
 
 
@@ -55,7 +55,7 @@ def pixel_features(trunk: Trunk, pixels: np.ndarray, mean: torch.Tensor, std: to
     out = np.empty((len(pixels), trunk.dim), dtype=np.float32)
     with torch.inference_mode(), autocast():
         for i in tqdm(range(0, len(pixels), batch), desc="features", disable=not progress):
-            out[i:i + batch] = trunk(_normalize(pixels[i:i + batch], mean, std)).float().numpy()
+            out[i:i + batch] = trunk(_normalize(_to_input(pixels[i:i + batch]), mean, std)).float().numpy()
     return out
 
 
@@ -112,8 +112,9 @@ def tune_trunk(trunk: Trunk, heads: torch.nn.Module, pixels: np.ndarray, y: np.n
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.tune_lr, total_steps=cfg.tune_epochs * steps_per_epoch,
                                                 pct_start=0.1)
     # Class weights capped: a rare output's few positives (weights of several hundred) would
-    # otherwise steer the whole trunk; their thresholds are tuned on validation afterwards anyway.
-    cw = torch.from_numpy(class_weights(y, cfg.balance)).clamp(max=MAX_CLASS_WEIGHT)
+    # otherwise steer the whole trunk. The heads keep the prior of their uncapped first training
+    # (measured on validation), so the decision layer's priors stay those (train_frozen).
+    cw = torch.from_numpy(class_weights(y, cfg.balance, MAX_CLASS_WEIGHT))
     yt, wt = torch.from_numpy(y), torch.from_numpy(w)
     gt = torch.from_numpy(gate) if gate is not None else None
     st = torch.from_numpy(suit) if suit is not None else None
@@ -149,8 +150,7 @@ def tune_trunk(trunk: Trunk, heads: torch.nn.Module, pixels: np.ndarray, y: np.n
         order = torch.randperm(len(y), generator=gen)
         for idx in tqdm(order.split(cfg.tune_batch), desc=f"tune epoch {epoch}", disable=not cfg.progress):
             sel = np.sort(idx.numpy())
-            x = torch.from_numpy(np.array(pixels[sel])).permute(0, 3, 1, 2).float() / 255.0
-            x = ((augment_views(x, gen, cfg.tune_size) - mean) / std).contiguous(memory_format=torch.channels_last)
+            x = _normalize(augment_views(_to_input(pixels[sel]), gen, cfg.tune_size), mean, std)  # (B, 3, S, S)
             with torch.no_grad(), autocast():  # the frozen blocks: bf16 is 5× faster here; the tail trains in fp32
                 x = trunk.stem(x).float()
             out = heads(trunk.tail(x))

@@ -10,11 +10,11 @@ from .attributes import MASK
 __all__ = ["class_weights", "masked_bce"]
 
 
-def class_weights(y: np.ndarray, power: float = 1.0) -> np.ndarray:
+def class_weights(y: np.ndarray, power: float = 1.0, max_weight: float | None = None) -> np.ndarray:
     """(2, K) weights for negatives and positives that equalise the two classes of each output.
 
     ``power`` = 1 weights both classes equally (what balanced accuracy rewards); 0 leaves the data's
-    own frequencies; values between soften the reweighting.
+    own frequencies; values between soften the reweighting. ``max_weight`` caps every weight.
     """
     known = y != MASK
     n_pos = ((y == 1) & known).sum(0).astype(np.float64)
@@ -22,7 +22,8 @@ def class_weights(y: np.ndarray, power: float = 1.0) -> np.ndarray:
     n = np.maximum(n_pos + n_neg, 1)
     w_pos = (n / np.maximum(2 * n_pos, 1)) ** power
     w_neg = (n / np.maximum(2 * n_neg, 1)) ** power
-    return np.stack([w_neg, w_pos]).astype(np.float32)
+    w = np.stack([w_neg, w_pos])
+    return (w if max_weight is None else np.minimum(w, max_weight)).astype(np.float32)
 
 
 def masked_bce(logits: torch.Tensor, y: torch.Tensor, weights: torch.Tensor | None = None,

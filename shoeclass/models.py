@@ -85,7 +85,7 @@ class Trunk(nn.Module):
         x = b._swish(b._bn0(b._conv_stem(x)))
         for block in b._blocks[:self.cut]:
             x = block(x)
-        return x  # lite0 with one tuned block: (B, 192, 7, 7)
+        return x  # lite0 with 8 tuned blocks: (B, 80, 14, 14); with 1: (B, 192, 7, 7)
 
     def tail(self, x: torch.Tensor) -> torch.Tensor:
         """EfficientNet-Lite: the stem's map -> pooled features (the blocks from ``cut``, the head

@@ -38,3 +38,13 @@ def test_accuracy_alone_trades_the_rare_class_for_the_common_one():
     assert acc_only > both
     pred = lambda t: (probs[:, 0] >= t) == (y[:, 0] == 1)  # noqa: E731
     assert pred(acc_only).mean() >= pred(both).mean()
+
+
+def test_class_weights_cap_bounds_every_weight_and_leaves_the_others():
+    from shoeclass.losses import class_weights
+
+    y = np.concatenate([_labels(0.001), _labels(0.3)], 1)
+    full, capped = class_weights(y, 1.0), class_weights(y, 1.0, max_weight=10.0)
+    assert full[1, 0] == pytest.approx(500.0) and capped[1, 0] == pytest.approx(10.0)
+    np.testing.assert_allclose(capped[:, 1], full[:, 1])  # weights under the cap are untouched
+    assert capped.max() <= 10.0
