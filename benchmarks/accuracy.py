@@ -5,7 +5,7 @@ it end to end (photo files -> preprocessing -> trunk -> heads -> calibration) on
 all photos, the catalogue photos and the `worn` photos (shoes on feet, in the wild), per attribute
 and as means, next to the majority-class baseline. Measured as shared/spec/evaluation.md says.
 
-    python benchmarks/accuracy.py --data ../shared/data [--reuse] [--models efficientnet_lite0 efficientnet_lite2 lenet]
+    python benchmarks/accuracy.py --data ../shared/data [--reuse] [--models efficientnet_lite0_ensemble efficientnet_lite0 lenet]
 """
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ import numpy as np
 from shoeclass.api import Classifier
 from shoeclass.attributes import OUTPUT_KEYS
 from shoeclass.decision import tune_thresholds
+from shoeclass.ensemble import is_ensemble_config, train_ensemble
 from shoeclass.evaluate import predict_table
 from shoeclass.labels import read_labels
 from shoeclass.metrics import attribute_metrics, majority_baseline, summarize
@@ -70,7 +71,7 @@ def tradeoff(clf: Classifier, labels, test) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default="../shared/data")
-    ap.add_argument("--models", nargs="+", default=["efficientnet_lite0", "lenet"])
+    ap.add_argument("--models", nargs="+", default=["efficientnet_lite0_ensemble", "lenet"])
     ap.add_argument("--runs", default="runs", help="where model folders are written / reused")
     ap.add_argument("--reuse", action="store_true", help="evaluate runs/<model> if it exists instead of training")
     ap.add_argument("--json", help="write all measured figures here")
@@ -86,7 +87,8 @@ def main() -> None:
         wall = None
         if not (args.reuse and (out / "model.json").is_file()):
             t0 = time.time()
-            train(load_config(f"configs/{name}.yaml", {"data": args.data, "out": str(out), "progress": False}))
+            config, over = f"configs/{name}.yaml", {"data": args.data, "out": str(out), "progress": False}
+            train_ensemble(config, over) if is_ensemble_config(config) else train(load_config(config, over))
             wall = time.time() - t0
         meta = json.loads((out / "model.json").read_text())
         wall = wall if wall is not None else meta["training"]["history"].get("wall_seconds")

@@ -143,11 +143,17 @@ def child_agreement(data: str, model: str, quick: bool) -> dict:
     test = table.subset(table.split == "test")
     if quick:
         test = test.subset(np.arange(len(test)) < 200)
-    probs = {bf: predict_table(Classifier(model, bf16=bf), test, progress=False) for bf in (True, False)}
+    probs, pps = {}, {}
+    for bf in (True, False):
+        clf = Classifier(model, bf16=bf)
+        t0 = time.perf_counter()
+        probs[bf] = predict_table(clf, test, progress=False)  # photo files -> probabilities, batched
+        pps[bf] = len(test) / (time.perf_counter() - t0)
     agree = (probs[True] >= 0.5) == (probs[False] >= 0.5)  # (N, 14)
     diff = np.abs(probs[True] - probs[False])
     return {"agreement": float(agree.mean()), "photos": len(test), "decisions": int(agree.size),
-            "max_abs_dp": float(diff.max()), "mean_abs_dp": float(diff.mean())}
+            "max_abs_dp": float(diff.max()), "mean_abs_dp": float(diff.mean()),
+            "photos_per_s_bf16": pps[True], "photos_per_s_fp32": pps[False]}
 
 
 def _cached_views(cfg, trunk, table, tr) -> dict | None:
@@ -382,6 +388,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(f"bf16/fp32 agreement on {ag['photos']} test photos: {ag['agreement']:.4f} "
               f"(max |dp| {ag['max_abs_dp']:.4f}, mean {ag['mean_abs_dp']:.5f})")
+        print(f"shipped model end to end (photo files -> probabilities, batch {BATCH}): "
+              f"{ag['photos_per_s_bf16']:.1f} photos/s bf16, {ag['photos_per_s_fp32']:.1f} fp32")
     hd, le = res["heads"], res["lenet_train"]
     if "error" not in hd:
         print(f"heads: {hd['seconds']:.1f} s on {hd['features']} features {hd['rows']}x{hd['dim']}, "

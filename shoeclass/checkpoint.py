@@ -13,6 +13,7 @@ import logging
 from dataclasses import asdict
 from pathlib import Path
 
+import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
@@ -51,18 +52,23 @@ def resolve_path(path: str | Path | None) -> Path:
     return path
 
 
-def save_checkpoint(model: ShoeNet, folder: str | Path, meta: dict) -> Path:
+def save_checkpoint(model: torch.nn.Module, folder: str | Path, meta: dict) -> Path:
     """Write the trainable tensors (the heads; the whole net for lenet) and the metadata.
 
     A frozen ImageNet trunk is not stored: it comes from its installed package or file, and the
     metadata records its checksum so a different trunk is refused at load time. A retrained tail
-    (``tuned_blocks``) is stored as ``trunk.*`` tensors.
+    (``tuned_blocks``) is stored as ``trunk.*`` tensors. An :class:`~shoeclass.ensemble.EnsembleNet`
+    stores each member's tensors under ``members.<i>.`` in float16 (its bf16 inference rounds them
+    further anyway; it keeps three members under the 50 MB the shipped weights may take).
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    state = model.state_dict() if model.cfg.backbone == "lenet" else {
-        **{f"heads.{k}": v for k, v in model.heads.state_dict().items()},
-        **{f"trunk.{k}": v for k, v in model.trunk.tuned_state().items()}}
+    if hasattr(model, "members"):
+        state = {f"members.{i}.{k}": v.half() if v.is_floating_point() else v
+                 for i, m in enumerate(model.members) for k, v in _trainable(m).items()}
+        meta = dict(meta, ensemble={"members": [asdict(m.cfg) for m in model.members], "flip": model.flip})
+    else:
+        state = _trainable(model)
     tmp = folder / (TENSORS + ".tmp")
     save_file({k: v.contiguous() for k, v in state.items()}, str(tmp))
     tmp.replace(folder / TENSORS)
@@ -72,6 +78,13 @@ def save_checkpoint(model: ShoeNet, folder: str | Path, meta: dict) -> Path:
     tmp.write_text(json.dumps(meta, indent=2, ensure_ascii=False))
     tmp.replace(folder / METADATA)  # metadata last: a folder never holds a checksum of other tensors
     return folder
+
+
+def _trainable(model: ShoeNet) -> dict[str, torch.Tensor]:
+    if model.cfg.backbone == "lenet":
+        return model.state_dict()
+    return {**{f"heads.{k}": v for k, v in model.heads.state_dict().items()},
+            **{f"trunk.{k}": v for k, v in model.trunk.tuned_state().items()}}
 
 
 def read_metadata(path: str | Path | None = None) -> dict:
@@ -88,7 +101,8 @@ def read_metadata(path: str | Path | None = None) -> dict:
     return meta
 
 
-def load_checkpoint(path: str | Path | None = None, trunk_weights: str | None = "imagenet") -> tuple[ShoeNet, dict]:
+def load_checkpoint(path: str | Path | None = None,
+                    trunk_weights: str | None = "imagenet") -> tuple[torch.nn.Module, dict]:
     """Load a model folder with no network access.
 
     Args:
@@ -99,8 +113,6 @@ def load_checkpoint(path: str | Path | None = None, trunk_weights: str | None = 
         CheckpointError: checksum mismatch, not a safetensors file, other attribute list,
             or trunk weights that differ from those the heads were trained on.
     """
-    from .features import state_checksum
-
     folder = resolve_path(path)
     meta = read_metadata(folder)
     tensors = folder / TENSORS
@@ -114,30 +126,49 @@ def load_checkpoint(path: str | Path | None = None, trunk_weights: str | None = 
     except (SafetensorError, OSError) as exc:
         raise CheckpointError(f"{tensors}: not a safetensors file ({exc}). shoeclass never unpickles "
                               "model files; convert with safetensors.torch.save_file.") from exc
+    state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
     try:
-        cfg = ModelConfig(**meta["model"])
-        model = build_model(cfg, weights=trunk_weights)
-        if cfg.backbone == "lenet":
-            model.load_state_dict(state)
-        else:
-            stray = [k for k in state if not k.startswith(("heads.", "trunk."))]
-            if stray:
-                raise KeyError(f"unexpected tensors {stray[:3]}")
-            model.heads.load_state_dict({k.removeprefix("heads."): v for k, v in state.items() if k.startswith("heads.")})
-            imagenet_sha = state_checksum(model.trunk) if trunk_weights is not None else None
-            tuned = {k.removeprefix("trunk."): v for k, v in state.items() if k.startswith("trunk.")}
-            if set(tuned) != set(model.trunk.tuned_state()):
-                raise KeyError(f"retrained trunk tensors {len(tuned)}, expected {len(model.trunk.tuned_state())}")
-            model.trunk.load_state_dict(tuned, strict=False)
-    except (KeyError, TypeError, RuntimeError) as exc:  # load_state_dict: missing keys, other shapes
+        if "ensemble" in meta:
+            from .ensemble import EnsembleNet
+
+            members = []
+            for i, mcfg in enumerate(meta["ensemble"]["members"]):
+                prefix = f"members.{i}."
+                members.append(_build(ModelConfig(**mcfg), {k.removeprefix(prefix): v for k, v in state.items()
+                                                            if k.startswith(prefix)}, trunk_weights, meta, folder))
+            if sum(len(_trainable(m)) for m in members) != len(state):
+                raise KeyError(f"{len(state)} tensors for {len(members)} members")
+            return EnsembleNet(members, meta["ensemble"]["flip"]).eval(), meta
+        return _build(ModelConfig(**meta["model"]), state, trunk_weights, meta, folder).eval(), meta
+    except CheckpointError:
+        raise
+    except (KeyError, TypeError, RuntimeError, ValueError) as exc:  # load_state_dict: missing keys, other shapes
         raise CheckpointError(f"{folder}: the tensors in {TENSORS} do not fit the model described in "
                               f"{METADATA} ('model': {meta.get('model')}): {str(exc)[:300]}. Copy both "
                               "files from the same training run, or retrain.") from exc
-    if cfg.backbone != "lenet":
-        expected = meta.get("trunk", {}).get("sha256")
-        if imagenet_sha is not None and expected and imagenet_sha != expected:
-            raise CheckpointError(f"{folder}: the {cfg.backbone} trunk weights found here differ from those "
-                                  "the heads were trained on; install the weights named in "
-                                  f"{METADATA} ('trunk') or retrain")
-    return model.eval(), meta
 
+
+def _build(cfg: ModelConfig, state: dict[str, torch.Tensor], trunk_weights: str | None, meta: dict,
+           folder: Path) -> ShoeNet:
+    """One network from its config and stored tensors, its ImageNet trunk checked against the metadata."""
+    from .features import state_checksum
+
+    model = build_model(cfg, weights=trunk_weights)
+    if cfg.backbone == "lenet":
+        model.load_state_dict(state)
+        return model
+    stray = [k for k in state if not k.startswith(("heads.", "trunk."))]
+    if stray:
+        raise KeyError(f"unexpected tensors {stray[:3]}")
+    model.heads.load_state_dict({k.removeprefix("heads."): v for k, v in state.items() if k.startswith("heads.")})
+    imagenet_sha = state_checksum(model.trunk) if trunk_weights is not None else None
+    tuned = {k.removeprefix("trunk."): v for k, v in state.items() if k.startswith("trunk.")}
+    if set(tuned) != set(model.trunk.tuned_state()):
+        raise KeyError(f"retrained trunk tensors {len(tuned)}, expected {len(model.trunk.tuned_state())}")
+    model.trunk.load_state_dict(tuned, strict=False)
+    expected = meta.get("trunk", {}).get("sha256")
+    if imagenet_sha is not None and expected and imagenet_sha != expected:
+        raise CheckpointError(f"{folder}: the {cfg.backbone} trunk weights found here differ from those "
+                              "the heads were trained on; install the weights named in "
+                              f"{METADATA} ('trunk') or retrain")
+    return model

@@ -31,6 +31,7 @@ def _yes_no(text: str) -> bool:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from .ensemble import is_ensemble_config, train_ensemble
     from .train import load_config, train
 
     over = _overrides(args.set)
@@ -39,8 +40,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             over[key] = getattr(args, key)
     if args.no_progress:
         over["progress"] = False
-    cfg = load_config(args.config, over)
-    folder = train(cfg)
+    folder = train_ensemble(args.config, over) if is_ensemble_config(args.config) else train(load_config(args.config, over))
     meta = json.loads((folder / "model.json").read_text())
     summary = meta["metrics"].get("test", {}).get("all", {}).get("summary")
     print(f"model written to {folder}")

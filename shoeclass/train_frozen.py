@@ -28,7 +28,7 @@ from .metrics import attribute_metrics, summarize
 from .models import build_model
 from .train import TrainConfig, make_optimizer, sample_weights, val_score
 
-__all__ = ["train_frozen", "fit_heads", "heads_loss", "predict_outputs", "gate_targets", "suitability_targets"]
+__all__ = ["train_frozen", "fit_heads", "fit_decision", "heads_loss", "predict_outputs", "gate_targets", "suitability_targets"]
 
 logger = logging.getLogger(__name__)
 
@@ -182,25 +182,39 @@ def train_frozen(cfg: TrainConfig, table: LabelTable):
         feats = {s: _rows(frozen["eval"], "eval", table, s) for s in ("train", "val", "test") if (table.split == s).any()}
     del frozen
     out_val = predict_outputs(model.heads, feats["val"])
-    decision = DecisionLayer(TemperatureScaling().fit(out_val["logits"], va.y), clusters,
-                             SoftmaxTemperature().fit(out_val["gate"], gate_targets(clusters, va.y)))
-    # The prior of the heads' own training (uncapped weights) also after fine-tuning: fitted on one
-    # half of the validation views and scored on the other, it fuses with log-loss 0.059 against
-    # 0.065 for the prior of the capped fine-tuning loss (and 0.080 for the label frequencies).
-    fallback = prior_thresholds(tr.y, cfg.balance)
-    choose_pull(decision, out_val, va.y, fallback)
-    decision.thresholds = tune_thresholds(decision.photo_probs(out_val["logits"], out_val["gate"]), va.y, fallback)
-    # Simulated multi-photo validation items (augmented views of one photo) fit the fusion.
     val_views = [predict_outputs(model.heads, features(f"valaug{v}")) for v in range(FUSION_VIEWS)]
-    vp = np.stack([decision.photo_probs(o["logits"], o["gate"]) for o in val_views], 1)  # (N, M, 14)
-    vw = np.stack([decision.weights(expit(o["suitability"])) for o in val_views], 1)
-    decision.fusion = BayesianFusion(priors=effective_prior(tr.y, cfg.balance)).fit(vp, va.y, vw)
+    decision = fit_decision(out_val, val_views, va.y, tr.y, cfg.balance, clusters)
     probs_test = None
     if "test" in feats:
         out_test = predict_outputs(model.heads, feats["test"])
         probs_test = decision.photo_probs(out_test["logits"], out_test["gate"])
     trunk_info = {"sha256": sha, "weights": cfg.trunk_weights, "tuned_blocks": cfg.model.tuned_blocks}
     return model, history, probs_test, decision, trunk_info
+
+
+def fit_decision(out_val: dict[str, np.ndarray], val_views: list[dict[str, np.ndarray]], y_val: np.ndarray,
+                 y_train: np.ndarray, balance: float, clusters: AttributeClusters) -> DecisionLayer:
+    """The decision layer fitted on validation: temperatures of the heads and of the cluster gate,
+    the cluster pull, the thresholds, and the fusion fitted on simulated multi-photo items.
+
+    Args:
+        out_val: the model's outputs (logits, gate, suitability) for the validation photos.
+        val_views: the same for ``FUSION_VIEWS`` augmented views of each validation photo.
+        y_val, y_train: (N, 14) labels of the validation and training photos.
+        balance: the class reweighting the heads were trained with.
+    """
+    decision = DecisionLayer(TemperatureScaling().fit(out_val["logits"], y_val), clusters,
+                             SoftmaxTemperature().fit(out_val["gate"], gate_targets(clusters, y_val)))
+    # The prior of the heads' own training (uncapped weights) also after fine-tuning: fitted on one
+    # half of the validation views and scored on the other, it fuses with log-loss 0.059 against
+    # 0.065 for the prior of the capped fine-tuning loss (and 0.080 for the label frequencies).
+    fallback = prior_thresholds(y_train, balance)
+    choose_pull(decision, out_val, y_val, fallback)
+    decision.thresholds = tune_thresholds(decision.photo_probs(out_val["logits"], out_val["gate"]), y_val, fallback)
+    vp = np.stack([decision.photo_probs(o["logits"], o["gate"]) for o in val_views], 1)  # (N, M, 14)
+    vw = np.stack([decision.weights(expit(o["suitability"])) for o in val_views], 1)
+    decision.fusion = BayesianFusion(priors=effective_prior(y_train, balance)).fit(vp, y_val, vw)
+    return decision
 
 
 def _tune(cfg: TrainConfig, model, table: LabelTable, targets: dict, history: dict) -> dict[str, np.ndarray]:

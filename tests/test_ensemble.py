@@ -1,0 +1,113 @@
+"""Ensembles of fine-tuned models (ensemble.py): the shared stem gives each member's own outputs,
+mirror images are averaged in, the float16 folder loads back, and the config trains, reuses and
+refuses members."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from shoeclass import classify_images
+from shoeclass.checkpoint import load_checkpoint, save_checkpoint
+from shoeclass.ensemble import EnsembleNet, train_ensemble
+from shoeclass.models import ModelConfig, build_model
+
+CONFIG = Path(__file__).resolve().parent.parent / "configs" / "efficientnet_lite0.yaml"
+
+
+def _member(seed: int, tuned_blocks: int = 1) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    net = build_model(ModelConfig(backbone="efficientnet_lite0", tuned_blocks=tuned_blocks, n_clusters=3,
+                                  suitability=True), weights="imagenet")
+    with torch.no_grad():  # members differ in their tails and heads, as after fine-tuning
+        for p in [*net.trunk.tail_modules()[0].parameters(), *net.heads.parameters()]:
+            p.add_(0.05 * torch.randn_like(p))
+    return net.eval()
+
+
+@pytest.fixture(scope="module")
+def members():
+    return [_member(0), _member(1)]
+
+
+def test_ensemble_averages_each_members_own_outputs_over_the_photo_and_its_mirror(members):
+    x = torch.rand(3, 3, 224, 224)
+    with torch.inference_mode():
+        got = EnsembleNet(members, flip=True)(x)
+        want = [m(v) for m in members for v in (x, x.flip(3))]
+    assert set(got) == {"logits", "gate", "suitability"} and got["logits"].shape == (3, 14)
+    for k in got:
+        torch.testing.assert_close(got[k], torch.stack([w[k] for w in want]).mean(0), rtol=1e-4, atol=1e-5)
+
+
+def test_flipped_ensemble_does_not_care_which_way_the_shoe_points(members):
+    x = torch.rand(2, 3, 224, 224)
+    net = EnsembleNet(members, flip=True)
+    with torch.inference_mode():
+        torch.testing.assert_close(net(x)["logits"], net(x.flip(3))["logits"], rtol=1e-4, atol=1e-5)
+        plain = EnsembleNet(members, flip=False)
+        assert not torch.allclose(plain(x)["logits"], plain(x.flip(3))["logits"])
+
+
+def test_members_must_share_backbone_and_tuned_blocks(members):
+    with pytest.raises(ValueError, match="tuned_blocks"):
+        EnsembleNet([members[0], _member(2, tuned_blocks=2)])
+    frozen = build_model(ModelConfig(backbone="efficientnet_lite0", n_clusters=3, suitability=True), weights="imagenet")
+    with pytest.raises(ValueError, match="tuned_blocks"):
+        EnsembleNet([frozen])
+    with pytest.raises(ValueError, match="at least one"):
+        EnsembleNet([])
+
+
+def test_ensemble_folder_stores_float16_and_loads_back(members, tmp_path):
+    net = EnsembleNet(members, flip=True)
+    save_checkpoint(net, tmp_path / "ens", {"backbone": "efficientnet_lite0", "trunk": {}})
+    state = load_file(str(tmp_path / "ens" / "model.safetensors"))
+    assert {k.split(".")[1] for k in state} == {"0", "1"}
+    assert all(v.dtype == torch.float16 for v in state.values() if v.is_floating_point())
+    loaded, meta = load_checkpoint(tmp_path / "ens")
+    assert isinstance(loaded, EnsembleNet) and loaded.flip and len(loaded.members) == 2
+    assert meta["ensemble"]["members"][1]["tuned_blocks"] == 1
+    x = torch.rand(2, 3, 224, 224)
+    with torch.inference_mode():
+        torch.testing.assert_close(loaded(x)["logits"], net(x)["logits"], rtol=1e-2, atol=1e-2)
+
+
+@pytest.fixture(scope="module")
+def ensemble_config(tiny_dataset, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("ens")
+    cfg = tmp / "ensemble.yaml"
+    cfg.write_text(f"base: {CONFIG}\nout: {tmp / 'out'}\nflip: true\nmembers:\n  - {{}}\n  - {{seed: 1}}\n")
+    over = {"data": str(tiny_dataset), "epochs": 1, "cache_dir": str(tmp / "cache"), "progress": False,
+            "aug_views": 1, "model.tuned_blocks": 1, "tune_epochs": 1, "tune_batch": 8}
+    return cfg, over, train_ensemble(cfg, over)
+
+
+def test_ensemble_config_trains_members_and_writes_a_usable_model(ensemble_config, tiny_dataset):
+    _, _, folder = ensemble_config
+    meta = json.loads((folder / "model.json").read_text())
+    assert [m["config"]["seed"] for m in meta["training"]["ensemble_of"]] == [0, 1]
+    assert meta["ensemble"]["flip"] is True and len(meta["decision"]["thresholds"]) == 14
+    assert np.isfinite(meta["metrics"]["test"]["ece"])
+    d = classify_images([str(tiny_dataset / "images" / "p000.jpg"), b"not a photo"], model=folder).to_dict()
+    assert all(0.0 <= v <= 1.0 for v in d["attributes"].values())
+    assert d["photos"][1]["error"] and d["photos"][0]["attributes"]
+
+
+def test_members_already_trained_are_reused_and_changed_settings_refused(ensemble_config):
+    cfg, over, folder = ensemble_config
+    member = folder / "members" / "0" / "model.safetensors"
+    before = member.stat().st_mtime_ns
+    train_ensemble(cfg, over)
+    assert member.stat().st_mtime_ns == before
+    with pytest.raises(ValueError, match="other settings"):
+        train_ensemble(cfg, {**over, "tune_lr": 1e-3})
+
+
+def test_ensemble_config_without_members_is_refused(tmp_path):
+    cfg = tmp_path / "e.yaml"
+    cfg.write_text(f"base: {CONFIG}\nmembers: []\n")
+    with pytest.raises(ValueError, match="members"):
+        train_ensemble(cfg)
