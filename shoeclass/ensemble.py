@@ -138,8 +138,9 @@ _RUN_ONLY = ("out", "progress", "num_workers", "cache_dir")  # settings that do 
 
 def _check_member(folder: Path, cfg) -> None:
     """A member folder already written must come from the settings the config asks for."""
-    saved = json.loads((folder / "model.json").read_text())["training"]["config"]
     wanted = yaml.safe_load(yaml.safe_dump(asdict(cfg)))
+    defaults = yaml.safe_load(yaml.safe_dump(asdict(type(cfg)())))  # settings added since it was trained
+    saved = {**defaults, **json.loads((folder / "model.json").read_text())["training"]["config"]}
     for c in (saved, wanted):  # set by training from the data, not by the config
         c["model"] = {k: v for k, v in c["model"].items() if k not in ("n_clusters", "suitability")}
     diff = sorted(k for k in set(saved) | set(wanted) if k not in _RUN_ONLY and saved.get(k) != wanted.get(k))
@@ -192,4 +193,6 @@ def train_ensemble(path: str | Path, overrides: dict | None = None) -> Path:
             train(cfg)
         folders.append(folder)
     cfg = load_config(path.parent / raw["base"], overrides)
-    return build_ensemble(folders, out, cfg.data, flip=bool(raw.get("flip", True)), progress=cfg.progress)
+    folder = build_ensemble(folders, out, cfg.data, flip=bool(raw.get("flip", True)), progress=cfg.progress)
+    (folder / "config.yaml").write_text(yaml.safe_dump({**raw, "out": str(out), "overrides": overrides}, sort_keys=False))
+    return folder

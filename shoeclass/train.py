@@ -48,6 +48,7 @@ class TrainConfig:
     balance: float = 1.0  # class reweighting power, see losses.class_weights
     aug_views: int = 2  # augmented views of each training photo in the feature cache
     source_weights: dict = field(default_factory=dict)  # e.g. {worn: 2.0}
+    origin_weights: dict = field(default_factory=dict)  # e.g. {eye: 2.0}: photos tagged by eye for all 13
     ema: float = 0.0  # heads on cached features: decay of the weight average (0 = off)
     tune_epochs: int = 8  # model.tuned_blocks > 0: epochs of tail + heads fine-tuning (finetune.py)
     tune_lr: float = 5e-5  # its peak learning rate (one-cycle schedule; 1e-4 measured worse)
@@ -108,7 +109,9 @@ def make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
 def sample_weights(table: LabelTable, cfg: TrainConfig) -> np.ndarray:
     w = np.ones(len(table), dtype=np.float32)
     for source, factor in cfg.source_weights.items():
-        w[table.source == source] = factor
+        w[table.source == source] *= factor
+    for origin, factor in cfg.origin_weights.items():
+        w[table.origin == origin] *= factor
     return w
 
 

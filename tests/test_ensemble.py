@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
 from shoeclass import classify_images
@@ -91,6 +92,7 @@ def test_ensemble_config_trains_members_and_writes_a_usable_model(ensemble_confi
     assert [m["config"]["seed"] for m in meta["training"]["ensemble_of"]] == [0, 1]
     assert meta["ensemble"]["flip"] is True and len(meta["decision"]["thresholds"]) == 14
     assert np.isfinite(meta["metrics"]["test"]["ece"])
+    assert "members" in yaml.safe_load((folder / "config.yaml").read_text())
     d = classify_images([str(tiny_dataset / "images" / "p000.jpg"), b"not a photo"], model=folder).to_dict()
     assert all(0.0 <= v <= 1.0 for v in d["attributes"].values())
     assert d["photos"][1]["error"] and d["photos"][0]["attributes"]

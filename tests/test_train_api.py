@@ -106,3 +106,16 @@ def test_exponent_floats_are_read_as_numbers_and_bad_ones_named():
     assert cfg.tune_lr == 5e-5 and isinstance(cfg.lr, float) and cfg.model.dropout == 0.2
     with pytest.raises(ValueError, match="'lr' must be a number"):
         load_config(None, {"lr": "fast"})
+
+
+def test_source_and_origin_weights_multiply(tiny_dataset):
+    from shoeclass.labels import read_labels
+    from shoeclass.train import sample_weights
+
+    table = read_labels(tiny_dataset)
+    table.source[:4] = "worn"
+    table.origin[2:6] = "class"
+    w = sample_weights(table, load_config(None, {"source_weights": {"worn": 3.0}, "origin_weights": {"eye": 2.0}}))
+    assert w[:2].tolist() == [6.0, 6.0]  # worn, by eye
+    assert w[2:4].tolist() == [3.0, 3.0]  # worn, class-derived
+    assert w[4:6].tolist() == [1.0, 1.0] and w[6] == 2.0
