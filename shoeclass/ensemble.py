@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .data import EvalPreset, PhotoDataset, TrainPreset, preprocess_config
+from .hierarchy import AttributeClusters
 from .labels import LabelTable, read_labels
 from .metrics import expected_calibration_error
 from .models import ShoeNet
@@ -109,11 +110,8 @@ def build_ensemble(members: list[str | Path], out: str | Path, data: str | Path,
     backbone = first["backbone"]
     out_val = _outputs(net, va, EvalPreset(backbone), progress)
     val_views = [_outputs(net, va, TrainPreset(backbone, seed=100 + v), progress) for v in range(FUSION_VIEWS)]
-    clusters_dict = first["decision"]["clusters"]
-    from .hierarchy import AttributeClusters
-
-    balance = first["training"]["config"]["balance"]
-    decision = fit_decision(out_val, val_views, va.y, tr.y, balance, AttributeClusters.from_dict(clusters_dict))
+    clusters = AttributeClusters.from_dict(first["decision"]["clusters"])  # the same in every member
+    decision = fit_decision(out_val, val_views, va.y, tr.y, first["training"]["config"]["balance"], clusters)
     metrics = {}
     if len(te):
         out_test = _outputs(net, te, EvalPreset(backbone), progress)
