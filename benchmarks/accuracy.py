@@ -49,12 +49,13 @@ def table(per: dict[str, dict], base: dict[str, dict]) -> str:
     return "\n".join(rows)
 
 
-def tradeoff(clf: Classifier, labels, test) -> dict:
+def tradeoff(clf: Classifier, labels, test, pt: np.ndarray) -> dict:
     """Test means under other per-attribute thresholds: chosen on val for accuracy alone, and
     the best achievable on test itself (an oracle, not a model) for accuracy alone and for
-    accuracy + balanced accuracy. Shows whether one threshold set can meet both targets."""
+    accuracy + balanced accuracy. Shows whether one threshold set can meet both targets.
+    ``pt``: the model's test probabilities, already computed."""
     val = labels.subset(labels.split == "val")
-    pv, pt = predict_table(clf, val, progress=False), predict_table(clf, test, progress=False)
+    pv = predict_table(clf, val, progress=False)
     fb = clf.thresholds
     rows = {"shipped thresholds (val: accuracy + balanced accuracy)": fb,
             "val: accuracy alone": tune_thresholds(pv, val.y, fb, accuracy_weight=1.0, balanced_weight=0.0),
@@ -84,6 +85,7 @@ def main() -> None:
     y_train = labels.y[labels.split == "train"]
     groups = {"all": np.ones(len(test), bool), "catalogue": test.source != "worn", "worn": test.source == "worn"}
     results: dict[str, dict] = {}
+    test_probs: dict[str, np.ndarray] = {}
     for name in args.models:
         out = Path(args.runs) / name
         wall = None
@@ -96,7 +98,7 @@ def main() -> None:
         wall = wall if wall is not None else meta["training"]["history"].get("wall_seconds")
         t0 = time.time()
         clf = Classifier(out)
-        probs = predict_table(clf, test, progress=False)
+        probs = test_probs[name] = predict_table(clf, test, progress=False)
         eval_s = time.time() - t0
         results[name] = {"backbone": meta["backbone"], "sha256": meta["sha256"], "train_wall_seconds": wall,
                          "eval_seconds": round(eval_s, 1)}
@@ -121,7 +123,7 @@ def main() -> None:
         results["transfer"] = results[best]
         print(f"transfer model for the targets: {best} "
               f"({'the shipped default' if results[best]['sha256'] == shipped else 'best mean balanced accuracy'})")
-        results[best]["threshold_tradeoff"] = tradeoff(Classifier(Path(args.runs) / best), labels, test)
+        results[best]["threshold_tradeoff"] = tradeoff(Classifier(Path(args.runs) / best), labels, test, test_probs[best])
     for tname, (model, group, metric, goal) in TARGETS.items():
         if model not in results:
             continue

@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
-from tqdm.auto import tqdm
 
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from .data import EvalPreset, PhotoDataset, TrainPreset, preprocess_config
+from .data import EvalPreset, TrainPreset, preprocess_config
+from .evaluate import table_outputs
 from .hierarchy import AttributeClusters
 from .labels import LabelTable, read_labels
 from .metrics import expected_calibration_error
@@ -67,16 +67,13 @@ class EnsembleNet(torch.nn.Module):
         return {k: v.view(-1, n, v.shape[1]).mean(0) for k, v in avg.items()}  # (B, K)
 
 
-def _outputs(net: torch.nn.Module, table: LabelTable, preset: EvalPreset, progress: bool,
-             batch_size: int = 32) -> dict[str, np.ndarray]:
+def _outputs(net: torch.nn.Module, table: LabelTable, preset: EvalPreset, progress: bool) -> dict[str, np.ndarray]:
     """Every output of ``net`` for every photo of ``table``, as inference computes it (bf16 where native)."""
-    loader = torch.utils.data.DataLoader(PhotoDataset(table, preset), batch_size=batch_size, num_workers=1)
-    outs: dict[str, np.ndarray] = {}
-    with torch.inference_mode(), autocast(None):
-        for x, _, idx in tqdm(loader, desc="ensemble outputs", disable=not progress):
-            for k, v in net(x.contiguous(memory_format=torch.channels_last)).items():
-                outs.setdefault(k, np.empty((len(table), v.shape[1]), np.float32))[idx.numpy()] = v.float().numpy()
-    return outs
+    def run(x: torch.Tensor) -> dict[str, np.ndarray]:
+        with torch.inference_mode(), autocast(None):
+            return {k: v.float().numpy() for k, v in net(x.contiguous(memory_format=torch.channels_last)).items()}
+
+    return table_outputs(run, table, preset, batch_size=32, progress=progress)
 
 
 def build_ensemble(members: list[str | Path], out: str | Path, data: str | Path, flip: bool = True,
