@@ -226,9 +226,10 @@ def child_lenet(data: str, quick: bool) -> dict:
     from shoeclass.labels import read_labels
     from shoeclass.losses import class_weights, masked_bce
     from shoeclass.models import build_model
+    from shoeclass.pixels import augment_views, pixel_cache_path, pixels_to_tensor
     from shoeclass.runtime import autocast, configure_threads
     from shoeclass.train import load_config, make_optimizer
-    from shoeclass.train_images import _predict, _to_input, augment_batch, pixel_cache_path
+    from shoeclass.train_images import _predict
 
     configure_threads()
     cfg = load_config(ROOT / "configs" / "lenet.yaml", {"progress": False, "data": data})
@@ -251,9 +252,9 @@ def child_lenet(data: str, quick: bool) -> dict:
     def step():
         t0 = time.perf_counter()
         idx = np.sort(np.random.default_rng().choice(len(tr), cfg.batch_size, replace=False))
-        x = _to_input(pix[idx % len(pix)])
+        x = pixels_to_tensor(pix[idx % len(pix)])
         t1 = time.perf_counter()
-        x = augment_batch(x, gen)
+        x = augment_views(x, gen, x.shape[-1])
         x = ((x - mean) / std).contiguous(memory_format=torch.channels_last)
         t2 = time.perf_counter()
         with autocast():

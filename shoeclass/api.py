@@ -14,10 +14,10 @@ import numpy as np
 import torch
 from scipy.special import expit
 
+from .attributes import OUTPUT_KEYS
 from .checkpoint import load_checkpoint, resolve_path
 from .data import EvalPreset
 from .decision import DecisionLayer
-from .attributes import OUTPUT_KEYS
 from .images import ImageError, ImageInput, describe_source, load_image
 from .result import ItemResult, PhotoResult
 from .runtime import autocast, prepare_for_inference
@@ -45,7 +45,10 @@ class Classifier:
         self.bf16, self.batch_size = bf16, batch_size
         self.decision = DecisionLayer.from_dict(self.meta.get("decision"))
         self.thresholds = self.decision.thresholds
-        self.info = {"name": self.path.name, "backbone": self.meta["backbone"], "sha256": self.meta["sha256"]}
+        ens = self.meta.get("ensemble")
+        # members: fine-tuned models averaged (1 for a single model); mirror: the mirrored photo too
+        self.info = {"name": self.path.name, "backbone": self.meta["backbone"], "sha256": self.meta["sha256"],
+                     "members": len(ens["members"]) if ens else 1, "mirror": bool(ens and ens["flip"])}
 
     def predict_tensors(self, x: torch.Tensor) -> dict[str, np.ndarray]:
         """Outputs for a (B, 3, 224, 224) batch: raw ``logits`` and calibrated ``probs`` (B, 14),

@@ -15,11 +15,12 @@ import cv2
 import numpy as np
 import torch
 from PIL import Image, ImageOps
+from tqdm.auto import tqdm
 
 from .images import load_image
 from .labels import LabelTable
 
-__all__ = ["NORMALIZATION", "EvalPreset", "TrainPreset", "PhotoDataset", "preprocess_config"]
+__all__ = ["NORMALIZATION", "EvalPreset", "TrainPreset", "PhotoDataset", "table_outputs", "preprocess_config"]
 
 SIZE = 224
 WHITE = (255, 255, 255)
@@ -118,3 +119,16 @@ class PhotoDataset(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, int]:
         img = load_image(self._paths[i])
         return self.preset(img), torch.from_numpy(self.table.y[i]), i
+
+
+def table_outputs(fn, table: LabelTable, preset: EvalPreset, batch_size: int = 64, num_workers: int = 1,
+                  progress: bool = True, desc: str = "predict") -> dict[str, np.ndarray]:
+    """Every output of ``fn`` ((B, 3, 224, 224) photos -> dict of (B, K) arrays) for every photo
+    of a table, read and preprocessed by ``preset`` in batches: each output as an (N, K) array."""
+    loader = torch.utils.data.DataLoader(PhotoDataset(table, preset), batch_size=batch_size,
+                                         num_workers=num_workers)
+    out: dict[str, np.ndarray] = {}
+    for x, _, idx in tqdm(loader, desc=desc, disable=not progress):
+        for k, v in fn(x).items():
+            out.setdefault(k, np.empty((len(table), v.shape[1]), np.float32))[idx.numpy()] = v
+    return out

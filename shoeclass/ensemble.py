@@ -22,8 +22,7 @@ import torch
 import yaml
 
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from .data import EvalPreset, TrainPreset, preprocess_config
-from .evaluate import table_outputs
+from .data import EvalPreset, TrainPreset, preprocess_config, table_outputs
 from .hierarchy import AttributeClusters
 from .labels import LabelTable, read_labels
 from .metrics import expected_calibration_error

@@ -5,31 +5,16 @@ import logging
 from pathlib import Path
 
 import numpy as np
-import torch
-from tqdm.auto import tqdm
 
 from .api import Classifier
-from .data import PhotoDataset
+from .data import table_outputs
 from .labels import LabelTable, read_labels
 from .metrics import expected_calibration_error
 from .train import evaluate_probs
 
-__all__ = ["table_outputs", "predict_table", "evaluate", "to_markdown", "save_plots"]
+__all__ = ["predict_table", "evaluate", "to_markdown", "save_plots"]
 
 logger = logging.getLogger(__name__)
-
-
-def table_outputs(fn, table: LabelTable, preset, batch_size: int = 64, num_workers: int = 1,
-                  progress: bool = True) -> dict[str, np.ndarray]:
-    """Every output of ``fn`` ((B, 3, 224, 224) photos -> dict of (B, K) arrays) for every photo
-    of a table, read and preprocessed by ``preset`` in batches: each output as an (N, K) array."""
-    loader = torch.utils.data.DataLoader(PhotoDataset(table, preset), batch_size=batch_size,
-                                         num_workers=num_workers)
-    out: dict[str, np.ndarray] = {}
-    for x, _, idx in tqdm(loader, desc="predict", disable=not progress):
-        for k, v in fn(x).items():
-            out.setdefault(k, np.empty((len(table), v.shape[1]), np.float32))[idx.numpy()] = v
-    return out
 
 
 def predict_table(clf: Classifier, table: LabelTable, batch_size: int = 64, num_workers: int = 1,

@@ -13,9 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
-from .data import EvalPreset, PhotoDataset
+from .data import EvalPreset, table_outputs
 from .labels import LabelTable
 from .models import Trunk
 from .runtime import autocast, cpu_has_bf16, prepare_for_inference
@@ -73,13 +72,15 @@ def _cached(path: Path, trunk: Trunk, table: LabelTable, preset: EvalPreset, *, 
     if path.is_file():
         logger.info("trunk features from cache %s", path)
         return np.load(path)
-    loader = torch.utils.data.DataLoader(PhotoDataset(table, preset), batch_size=batch_size,
-                                         num_workers=num_workers, shuffle=False)
     prepare_for_inference(trunk)
-    out = np.empty((len(table), trunk.dim), dtype=np.float16)
-    with torch.inference_mode(), autocast(cpu_has_bf16() if bf16 is None else bf16):
-        for x, _, idx in tqdm(loader, desc=path.stem.rsplit("-", 1)[0], disable=not progress):
-            out[idx.numpy()] = trunk(x.to(memory_format=torch.channels_last)).float().numpy()  # (B, D)
+
+    def run(x: torch.Tensor) -> dict[str, np.ndarray]:
+        with torch.inference_mode(), autocast(cpu_has_bf16() if bf16 is None else bf16):
+            return {"features": trunk(x.to(memory_format=torch.channels_last)).float().numpy()}  # (B, D)
+
+    out = table_outputs(run, table, preset, batch_size, num_workers, progress,
+                        desc=path.stem.rsplit("-", 1)[0]).get("features", np.empty((0, trunk.dim)))
+    out = out.astype(np.float16)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.npy")
     np.save(tmp, out)

@@ -3,7 +3,7 @@
 Frozen ImageNet features stop near 0.95 mean balanced accuracy here. Retraining the trunk's later
 blocks adapts the features to shoes at a cost a CPU can afford:
 
-- the preprocessed photos are cached once as uint8 pixels (``train_images.pixel_cache``) and
+- the preprocessed photos are cached once as uint8 pixels (``pixels.pixel_cache``) and
   augmented on the fly with tensor operations (crop, flip, rotation, brightness, contrast), so
   every epoch sees new views: with a few fixed cached views the retrained blocks overfit;
 - the early blocks stay frozen and run without gradients; the tail (the blocks from
@@ -22,21 +22,19 @@ from __future__ import annotations
 
 import copy
 import logging
-import math
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .losses import class_weights
 from .models import Trunk
+from .pixels import augment_views, pixels_to_tensor
 from .runtime import autocast
-from .train_images import _to_input
 
-__all__ = ["pixel_features", "augment_views", "tune_trunk"]
+__all__ = ["pixel_features", "tune_trunk"]
 
 logger = logging.getLogger(__name__)
 
@@ -55,28 +53,8 @@ def pixel_features(trunk: Trunk, pixels: np.ndarray, mean: torch.Tensor, std: to
     out = np.empty((len(pixels), trunk.dim), dtype=np.float32)
     with torch.inference_mode(), autocast():
         for i in tqdm(range(0, len(pixels), batch), desc="features", disable=not progress):
-            out[i:i + batch] = trunk(_normalize(_to_input(pixels[i:i + batch]), mean, std)).float().numpy()
+            out[i:i + batch] = trunk(_normalize(pixels_to_tensor(pixels[i:i + batch]), mean, std)).float().numpy()
     return out
-
-
-def augment_views(x: torch.Tensor, gen: torch.Generator, size: int) -> torch.Tensor:
-    """Random views of (B, 3, H, W) photos in [0, 1], resampled to ``size``: a crop keeping
-    50–100 % of the area, horizontal flip, rotation up to ±15°, brightness and contrast ±25 %.
-    Areas outside the photo are white, like the padding of the preprocessing."""
-    b = x.shape[0]
-    scale = torch.empty(b).uniform_(0.5, 1.0, generator=gen).sqrt()
-    angle = torch.empty(b).uniform_(-math.pi / 12, math.pi / 12, generator=gen)
-    flip = torch.where(torch.rand(b, generator=gen) < 0.5, -1.0, 1.0)
-    cx = torch.empty(b).uniform_(-1, 1, generator=gen) * (1 - scale)
-    cy = torch.empty(b).uniform_(-1, 1, generator=gen) * (1 - scale)
-    cos, sin = torch.cos(angle) * scale, torch.sin(angle) * scale
-    theta = torch.stack([torch.stack([cos * flip, -sin, cx], 1), torch.stack([sin * flip, cos, cy], 1)], 1)
-    grid = F.affine_grid(theta, [b, 3, size, size], align_corners=False)
-    x = F.grid_sample(x - 1, grid, mode="bilinear", align_corners=False, padding_mode="zeros") + 1  # white outside
-    bright = torch.empty(b, 1, 1, 1).uniform_(0.75, 1.25, generator=gen)
-    contrast = torch.empty(b, 1, 1, 1).uniform_(0.75, 1.25, generator=gen)
-    mean = x.mean((1, 2, 3), keepdim=True)
-    return ((x - mean) * contrast + mean * bright).clamp(0, 1)
 
 
 def tune_trunk(trunk: Trunk, heads: torch.nn.Module, pixels: np.ndarray, y: np.ndarray, w: np.ndarray,
@@ -150,7 +128,7 @@ def tune_trunk(trunk: Trunk, heads: torch.nn.Module, pixels: np.ndarray, y: np.n
         order = torch.randperm(len(y), generator=gen)
         for idx in tqdm(order.split(cfg.tune_batch), desc=f"tune epoch {epoch}", disable=not cfg.progress):
             sel = np.sort(idx.numpy())
-            x = _normalize(augment_views(_to_input(pixels[sel]), gen, cfg.tune_size), mean, std)  # (B, 3, S, S)
+            x = _normalize(augment_views(pixels_to_tensor(pixels[sel]), gen, cfg.tune_size), mean, std)  # (B, 3, S, S)
             with torch.no_grad(), autocast():  # the frozen blocks: bf16 is 5× faster here; the tail trains in fp32
                 x = trunk.stem(x).float()
             out = heads(trunk.tail(x))

@@ -13,7 +13,7 @@
       "keys": [...],                          # the column order of "matrix"
       "cluster": {...} | null,                # most likely cluster, atypical attributes firing
       "tariff": {...} | null,                 # shoeclass.tariff.TariffDecision.to_dict()
-      "model": {"name": ..., "backbone": ..., "sha256": ...}
+      "model": {"name": ..., "backbone": ..., "sha256": ..., "members": n, "mirror": bool}
     }
 """
 from __future__ import annotations

@@ -231,7 +231,8 @@ def create_app(model: str | Path | Classifier | None = None, *, max_photos: int 
     async def model_info() -> JSONResponse:
         metrics = meta.get("metrics", {})
         return JSONResponse(_finite({
-            "name": clf.path.name, "backbone": meta["backbone"], "attributes": meta["attributes"],
+            "name": clf.path.name, "backbone": meta["backbone"], "members": clf.info["members"],
+            "mirror": clf.info["mirror"], "attributes": meta["attributes"],
             "version": {"shoeclass": __version__, "format": meta.get("format_version"),
                         "schema": SCHEMA_VERSION},
             "metrics": {split: m.get("all", {}).get("summary") for split, m in metrics.items()

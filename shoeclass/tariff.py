@@ -31,8 +31,15 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Mapping
 
-from ._tariff_rules import (DEFAULT_RULES_PATH, RuleSet, code_texts, condition_probability,
-                            condition_vars, leaf_distribution, load_rules)
+from ._tariff_rules import (
+    DEFAULT_RULES_PATH,
+    RuleSet,
+    code_texts,
+    condition_probability,
+    condition_vars,
+    leaf_distribution,
+    load_rules,
+)
 from .attributes import OUTPUT_KEYS
 
 __all__ = ["DeclaredFacts", "Candidate", "TariffDecision", "classify_tariff", "leaf_codes",

@@ -221,7 +221,7 @@ def _tune(cfg: TrainConfig, model, table: LabelTable, targets: dict, history: di
     """Fine-tune the trunk's tail with the heads on augmented photos (finetune.py); returns the
     tuned trunk's features of the validation and test photos (the decision layer's inputs)."""
     from .finetune import pixel_features, tune_trunk
-    from .train_images import pixel_cache
+    from .pixels import pixel_cache
 
     preset = EvalPreset(cfg.model.backbone)
     mean, std = preset._mean[None], preset._std[None]

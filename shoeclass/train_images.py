@@ -1,16 +1,12 @@
 """End-to-end training of the from-scratch ``lenet`` on preprocessed pixels.
 
-Decoding and preprocessing every photo each epoch would cost more than the small net itself on a
-2-core CPU, so the preprocessed 224×224 pixels are cached once as a uint8 array on disk
-(memory-mapped) and augmented on the fly with cheap tensor operations (flip, crop-and-resize,
-brightness/contrast). Each epoch ends with a checkpoint of model, optimizer and epoch, so an
-interrupted run resumes from its last complete epoch.
+The photos come from the 112-pixel cache (``pixels.pixel_cache``), each epoch as new random views
+(``pixels.augment_views``: crop, flip, rotation, brightness, contrast). Each epoch ends with a
+checkpoint of model, optimizer and epoch, so an interrupted run resumes from its last complete epoch.
 """
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 import logging
 import time
 from dataclasses import asdict
@@ -18,70 +14,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .data import EvalPreset, preprocess_config
-from .images import load_image
+from .data import EvalPreset
 from .labels import LabelTable
 from .losses import class_weights, masked_bce
 from .models import build_model
+from .pixels import augment_views, pixel_cache, pixels_to_tensor
 
-__all__ = ["pixel_cache", "pixel_cache_path", "train_lenet", "augment_batch"]
+__all__ = ["train_lenet"]
 
 logger = logging.getLogger(__name__)
-
-
-def pixel_cache_path(table: LabelTable, preset: EvalPreset, cache_dir: str | Path, size: int = 112) -> Path:
-    """The file :func:`pixel_cache` reads and writes: keyed by the photo list and the
-    preprocessing steps that made the pixels."""
-    if size not in (112, 224):
-        raise ValueError(f"size must be 112 or 224, got {size}")
-    steps = {k: v for k, v in preprocess_config(preset.backbone).items() if k not in ("mean", "std")}
-    blob = json.dumps(steps, sort_keys=True) + "\n" + "\n".join(map(str, table.image))
-    return Path(cache_dir) / f"pixels{size}-{hashlib.sha256(blob.encode()).hexdigest()[:20]}.npy"
-
-
-def pixel_cache(table: LabelTable, preset: EvalPreset, cache_dir: str | Path, progress: bool = True,
-                size: int = 112) -> np.ndarray:
-    """(N, size, size, 3) uint8 preprocessed pixels of every photo, memory-mapped from the cache:
-    224 as preprocessed, or 112, 2×2-averaged as lenet's first layer does."""
-    path = pixel_cache_path(table, preset, cache_dir, size)
-    if not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp.npy")
-        arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(table), size, size, 3))
-        for i, p in enumerate(tqdm(table.paths(), desc=f"pixels{size}", disable=not progress)):
-            px = preset.pixels(load_image(p))  # (224, 224, 3) uint8
-            if size == 112:
-                px = np.rint(px.astype(np.float32).reshape(112, 2, 112, 2, 3).mean((1, 3))).astype(np.uint8)
-            arr[i] = px
-        arr.flush()
-        del arr
-        tmp.replace(path)
-    return np.load(path, mmap_mode="r")
-
-
-def augment_batch(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Random flip, crop of 50–100 % of the area resized back, brightness and contrast: (B,3,H,W) in [0,1]."""
-    b, _, h, w = x.shape
-    flip = torch.rand(b, generator=gen) < 0.5
-    x = torch.where(flip[:, None, None, None], x.flip(3), x)
-    scale = torch.empty(b).uniform_(0.5, 1.0, generator=gen).sqrt()
-    cx = torch.empty(b).uniform_(-1, 1, generator=gen) * (1 - scale)
-    cy = torch.empty(b).uniform_(-1, 1, generator=gen) * (1 - scale)
-    theta = torch.zeros(b, 2, 3)
-    theta[:, 0, 0], theta[:, 1, 1], theta[:, 0, 2], theta[:, 1, 2] = scale, scale, cx, cy
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    x = F.grid_sample(x, grid, mode="nearest", align_corners=False, padding_mode="border")
-    bright = torch.empty(b, 1, 1, 1).uniform_(0.75, 1.25, generator=gen)
-    contrast = torch.empty(b, 1, 1, 1).uniform_(0.75, 1.25, generator=gen)
-    mean = x.mean((1, 2, 3), keepdim=True)
-    return ((x - mean) * contrast + mean * bright).clamp(0, 1)
-
-
-def _to_input(pixels: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.array(pixels)).permute(0, 3, 1, 2).float() / 255.0
 
 
 def _predict(model: torch.nn.Module, pixels: np.ndarray, mean, std, batch: int = 256) -> np.ndarray:
@@ -90,7 +33,7 @@ def _predict(model: torch.nn.Module, pixels: np.ndarray, mean, std, batch: int =
     out = []
     with torch.inference_mode():
         for i in range(0, len(pixels), batch):
-            x = (_to_input(pixels[i:i + batch]) - mean) / std
+            x = (pixels_to_tensor(pixels[i:i + batch]) - mean) / std
             z = model.trunk(x.contiguous(memory_format=torch.channels_last), downsampled=True)
             out.append(model.heads(z)["logits"].float().numpy())
     return np.concatenate(out)
@@ -141,7 +84,7 @@ def train_lenet(cfg, splits: dict[str, LabelTable]) -> tuple[torch.nn.Module, di
         order = torch.randperm(len(y), generator=gen)
         for idx in tqdm(order.split(cfg.batch_size), desc=f"lenet epoch {epoch}", disable=not cfg.progress):
             sel = np.sort(idx.numpy())
-            x = augment_batch(_to_input(pix["train"][sel]), gen)
+            x = augment_views(pixels_to_tensor(pix["train"][sel]), gen, pix["train"].shape[1])
             x = ((x - mean) / std).contiguous(memory_format=torch.channels_last)
             logits = model.heads(model.trunk(x, downsampled=True))["logits"]  # fp32: faster than bf16 for small convs
             loss = masked_bce(logits, y[sel], cw)

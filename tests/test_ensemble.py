@@ -96,6 +96,7 @@ def test_ensemble_config_trains_members_and_writes_a_usable_model(ensemble_confi
     d = classify_images([str(tiny_dataset / "images" / "p000.jpg"), b"not a photo"], model=folder).to_dict()
     assert all(0.0 <= v <= 1.0 for v in d["attributes"].values())
     assert d["photos"][1]["error"] and d["photos"][0]["attributes"]
+    assert d["model"]["members"] == 2 and d["model"]["mirror"] is True
 
 
 def test_members_already_trained_are_reused_and_changed_settings_refused(ensemble_config):

@@ -23,12 +23,12 @@ KILLER = """
 import os, signal, sys
 from pathlib import Path
 import shoeclass.train_images as ti
-state, augment = Path(sys.argv[1]) / "train_state.pt", ti.augment_batch
-def hook(x, gen):
+state, augment = Path(sys.argv[1]) / "train_state.pt", ti.augment_views
+def hook(x, gen, size):
     if state.exists():
         os.kill(os.getpid(), signal.SIGKILL)
-    return augment(x, gen)
-ti.augment_batch = hook
+    return augment(x, gen, size)
+ti.augment_views = hook
 from shoeclass.cli import main
 sys.exit(main(sys.argv[2:]))
 """

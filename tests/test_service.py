@@ -83,6 +83,7 @@ def test_healthz_and_model_card(url, model_dir):
     meta = json.loads((model_dir / "model.json").read_text())
     assert card["attributes"] == list(OUTPUT_KEYS)
     assert card["sha256"] == meta["sha256"] and card["backbone"] == "efficientnet_lite0"
+    assert card["members"] == len(meta.get("ensemble", {}).get("members", [None]))
     assert card["version"]["schema"] == "1" and "test" in card["metrics"]
     assert card["limits"]["max_photos"] == LIMITS["max_photos"]
     paths = httpx.get(url + "/openapi.json").json()["paths"]
