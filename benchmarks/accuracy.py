@@ -86,6 +86,7 @@ def main() -> None:
     groups = {"all": np.ones(len(test), bool), "catalogue": test.source != "worn", "worn": test.source == "worn"}
     results: dict[str, dict] = {}
     test_probs: dict[str, np.ndarray] = {}
+    classifiers: dict[str, Classifier] = {}
     for name in args.models:
         out = Path(args.runs) / name
         wall = None
@@ -97,7 +98,7 @@ def main() -> None:
         meta = json.loads((out / "model.json").read_text())
         wall = wall if wall is not None else meta["training"]["history"].get("wall_seconds")
         t0 = time.time()
-        clf = Classifier(out)
+        clf = classifiers[name] = Classifier(out)
         probs = test_probs[name] = predict_table(clf, test, progress=False)
         eval_s = time.time() - t0
         results[name] = {"backbone": meta["backbone"], "sha256": meta["sha256"], "train_wall_seconds": wall,
@@ -123,7 +124,7 @@ def main() -> None:
         results["transfer"] = results[best]
         print(f"transfer model for the targets: {best} "
               f"({'the shipped default' if results[best]['sha256'] == shipped else 'best mean balanced accuracy'})")
-        results[best]["threshold_tradeoff"] = tradeoff(Classifier(Path(args.runs) / best), labels, test, test_probs[best])
+        results[best]["threshold_tradeoff"] = tradeoff(classifiers[best], labels, test, test_probs[best])
     for tname, (model, group, metric, goal) in TARGETS.items():
         if model not in results:
             continue

@@ -124,11 +124,12 @@ class PhotoDataset(torch.utils.data.Dataset):
 def table_outputs(fn, table: LabelTable, preset: EvalPreset, batch_size: int = 64, num_workers: int = 1,
                   progress: bool = True, desc: str = "predict") -> dict[str, np.ndarray]:
     """Every output of ``fn`` ((B, 3, 224, 224) photos -> dict of (B, K) arrays) for every photo
-    of a table, read and preprocessed by ``preset`` in batches: each output as an (N, K) array."""
+    of a table, read and preprocessed by ``preset`` in batches: each output as an (N, K) array of
+    the dtype ``fn`` returns (the feature cache fills float16 directly)."""
     loader = torch.utils.data.DataLoader(PhotoDataset(table, preset), batch_size=batch_size,
                                          num_workers=num_workers)
     out: dict[str, np.ndarray] = {}
     for x, _, idx in tqdm(loader, desc=desc, disable=not progress):
         for k, v in fn(x).items():
-            out.setdefault(k, np.empty((len(table), v.shape[1]), np.float32))[idx.numpy()] = v
+            out.setdefault(k, np.empty((len(table), v.shape[1]), v.dtype))[idx.numpy()] = v
     return out

@@ -20,7 +20,7 @@ logger = logging.getLogger(__name__)
 def predict_table(clf: Classifier, table: LabelTable, batch_size: int = 64, num_workers: int = 1,
                   progress: bool = True) -> np.ndarray:
     """(N, 14) probabilities of every photo of a table."""
-    return table_outputs(lambda x: {"probs": clf.predict_tensors(x)["probs"]}, table, clf.preset,
+    return table_outputs(lambda x: {"probs": clf.predict_tensors(x)["probs"].astype(np.float32)}, table, clf.preset,
                          batch_size, num_workers, progress)["probs"]
 
 

@@ -76,11 +76,11 @@ def _cached(path: Path, trunk: Trunk, table: LabelTable, preset: EvalPreset, *, 
 
     def run(x: torch.Tensor) -> dict[str, np.ndarray]:
         with torch.inference_mode(), autocast(cpu_has_bf16() if bf16 is None else bf16):
-            return {"features": trunk(x.to(memory_format=torch.channels_last)).float().numpy()}  # (B, D)
+            z = trunk(x.to(memory_format=torch.channels_last)).float().numpy()  # (B, D)
+        return {"features": z.astype(np.float16)}
 
     out = table_outputs(run, table, preset, batch_size, num_workers, progress,
-                        desc=path.stem.rsplit("-", 1)[0]).get("features", np.empty((0, trunk.dim)))
-    out = out.astype(np.float16)
+                        desc=path.stem.rsplit("-", 1)[0]).get("features", np.empty((0, trunk.dim), np.float16))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.npy")
     np.save(tmp, out)
