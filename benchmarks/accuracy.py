@@ -18,15 +18,15 @@ import numpy as np
 
 from shoeclass.api import Classifier
 from shoeclass.attributes import OUTPUT_KEYS
+from shoeclass.checkpoint import DEFAULT_MODEL
 from shoeclass.decision import tune_thresholds
-from shoeclass.ensemble import is_ensemble_config, train_ensemble
 from shoeclass.evaluate import predict_table
 from shoeclass.labels import read_labels
 from shoeclass.metrics import attribute_metrics, majority_baseline, summarize
-from shoeclass.train import load_config, train
+from shoeclass.training import is_ensemble_config, load_config, train, train_ensemble
 
 TRANSFER = ("efficientnet_lite0", "efficientnet_lite2", "vgg16", "vgg19")
-SHIPPED = Path(__file__).resolve().parent.parent / "weights" / "default" / "model.json"
+SHIPPED = DEFAULT_MODEL / "model.json"
 TARGETS = {  # name: (model, group, metric, goal); "transfer": the shipped default when it is among the
     # models measured, else the transfer model with the best mean balanced accuracy
     "transfer_mean_balanced_accuracy": ("transfer", "all", "mean_balanced_accuracy", 0.96),

@@ -159,8 +159,10 @@ def child_agreement(data: str, model: str, quick: bool) -> dict:
 def _cached_views(cfg, trunk, table, tr) -> dict | None:
     """The feature cache files ``train_frozen`` would read (the eval view of every photo, the
     augmented views of the training photos), or None when one is missing."""
-    from shoeclass.data import EvalPreset, TrainPreset
-    from shoeclass.features import feature_cache_path, state_checksum
+    from shoeclass.data import EvalPreset
+    from shoeclass.models import state_checksum
+    from shoeclass.training.augment import TrainPreset
+    from shoeclass.training.features import feature_cache_path
 
     sha, b = state_checksum(trunk), cfg.model.backbone
     want = {"eval": (table, EvalPreset(b), "eval")}
@@ -176,13 +178,13 @@ def child_heads(data: str, quick: bool) -> dict:
     import numpy as np
     import torch
 
-    from shoeclass.features import trunk_features
     from shoeclass.hierarchy import AttributeClusters
     from shoeclass.labels import read_labels
     from shoeclass.models import build_model
     from shoeclass.runtime import configure_threads
-    from shoeclass.train import load_config, sample_weights
-    from shoeclass.train_frozen import fit_heads, gate_targets, suitability_targets
+    from shoeclass.training.config import load_config, sample_weights
+    from shoeclass.training.features import trunk_features
+    from shoeclass.training.frozen import fit_heads, gate_targets, suitability_targets
 
     configure_threads()
     cfg = load_config(ROOT / "configs" / "efficientnet_lite0.yaml", {"progress": False, "data": data})
@@ -223,13 +225,14 @@ def child_lenet(data: str, quick: bool) -> dict:
 
     from shoeclass.data import EvalPreset
     from shoeclass.images import load_image
-    from shoeclass.labels import read_labels
-    from shoeclass.losses import class_weights, masked_bce
+    from shoeclass.labels import class_weights, read_labels
     from shoeclass.models import build_model
-    from shoeclass.pixels import augment_views, pixel_cache_path, pixels_to_tensor
     from shoeclass.runtime import autocast, configure_threads
-    from shoeclass.train import load_config, make_optimizer
-    from shoeclass.train_images import _predict
+    from shoeclass.training.augment import augment_views
+    from shoeclass.training.config import load_config, make_optimizer
+    from shoeclass.training.lenet import _predict
+    from shoeclass.training.losses import masked_bce
+    from shoeclass.training.pixels import pixel_cache_path, pixels_to_tensor
 
     configure_threads()
     cfg = load_config(ROOT / "configs" / "lenet.yaml", {"progress": False, "data": data})

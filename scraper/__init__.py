@@ -3,11 +3,11 @@
 Three ways in, one way out (a dataset folder in the labels.csv format of shared/data plus
 provenance.csv):
 
-- ``scraper.crawl.run_crawl`` — a Scrapy crawl of a shop described by ``configs/sites/<name>.yaml``;
-- ``scraper.simple.scrape_url`` — one product page or listing with requests + BeautifulSoup;
-- ``scraper.folder_import.import_folder`` — a local folder, labelled from its folder names.
+- ``shoeclass_scraper.crawl.run_crawl`` — a Scrapy crawl of a shop described by ``configs/sites/<name>.yaml``;
+- ``shoeclass_scraper.simple.scrape_url`` — one product page or listing with requests + BeautifulSoup;
+- ``shoeclass_scraper.folder_import.import_folder`` — a local folder, labelled from its folder names.
 
-Labels are weak: keyword rules (``configs/keywords.yaml``, ``scraper.keywords``) read the shop's
+Labels are weak: keyword rules (``configs/keywords.yaml``, ``shoeclass_scraper.keywords``) read the shop's
 category, title and description; whatever the text does not decide stays 0.5 (masked).
 """
 from .config import SiteConfig, load_site_config

@@ -1,4 +1,4 @@
-"""``python -m scraper ...``."""
+"""``python -m shoeclass_scraper ...``."""
 import sys
 
 from .cli import main

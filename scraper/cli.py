@@ -1,4 +1,4 @@
-"""Command line: ``python -m scraper {scrape,import-folder,fetch} ...``.
+"""Command line: ``python -m shoeclass_scraper {scrape,import-folder,fetch} ...``.
 
 The shoeclass CLI mounts the same commands with ``add_parsers(subparsers)`` (or one of the
 ``add_*_parser`` functions); each sets ``func`` to a handler taking the parsed args and returning an
@@ -130,8 +130,8 @@ def run_fetch(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The standalone ``python -m scraper`` parser."""
-    parser = argparse.ArgumentParser(prog="python -m scraper", description="Grow a labelled footwear dataset from shop sites and photo folders.")
+    """The standalone ``python -m shoeclass_scraper`` parser."""
+    parser = argparse.ArgumentParser(prog="python -m shoeclass_scraper", description="Grow a labelled footwear dataset from shop sites and photo folders.")
     add_parsers(parser.add_subparsers(dest="command", required=True))
     return parser
 

@@ -1,7 +1,7 @@
 """Running one site crawl in this process with Scrapy's ``CrawlerProcess``.
 
 Twisted's reactor cannot be restarted, so one process runs one crawl; tests and batch jobs run
-``python -m scraper scrape ...`` in a subprocess.
+``python -m shoeclass_scraper scrape ...`` in a subprocess.
 """
 from __future__ import annotations
 

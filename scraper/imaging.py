@@ -1,4 +1,4 @@
-"""Photo normalisation and duplicate detection: content hash (SHA-1) and perceptual dHash.
+"""Duplicate detection: content hash (SHA-1) and perceptual dHash.
 
 dHash (difference hash): the photo in grey, shrunk to 9×8, one bit per horizontally adjacent pair
 (is the left pixel brighter?). Re-encoded, resized or slightly recoloured copies of a photo land
@@ -12,9 +12,9 @@ import logging
 from typing import Hashable
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
-__all__ = ["sha1_bytes", "dhash", "hamming", "normalise", "encode_jpeg", "PerceptualIndex"]
+__all__ = ["sha1_bytes", "dhash", "hamming", "encode_jpeg", "PerceptualIndex"]
 
 logger = logging.getLogger(__name__)
 
@@ -35,21 +35,6 @@ def dhash(image: Image.Image, size: int = 8) -> int:
 def hamming(a: int, b: int) -> int:
     """Number of differing bits."""
     return (a ^ b).bit_count()
-
-
-def normalise(image: Image.Image, max_side: int | None = None) -> Image.Image:
-    """Upright RGB photo (transparency flattened on white), shrunk so its longer side ≤ max_side."""
-    image = ImageOps.exif_transpose(image)
-    if image.mode in ("RGBA", "LA", "P"):
-        rgba = image.convert("RGBA")
-        bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        bg.alpha_composite(rgba)
-        image = bg
-    image = image.convert("RGB")
-    if max_side and max(image.size) > max_side:
-        image = image.copy()
-        image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
-    return image
 
 
 def encode_jpeg(image: Image.Image, quality: int = 90) -> bytes:

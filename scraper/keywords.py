@@ -21,6 +21,7 @@ from pathlib import Path
 
 import yaml
 
+from shoeclass.assets import asset
 from shoeclass.attributes import ATTRIBUTE_KEYS, HEIGHT_KEYS, MASK, NOT_FOOTWEAR, OUTPUT_KEYS
 
 __all__ = ["Rule", "Labelling", "KeywordRules", "normalise_text", "default_keywords_path"]
@@ -37,9 +38,9 @@ def normalise_text(text: str) -> str:
 
 
 def default_keywords_path() -> Path:
-    """``configs/keywords.yaml`` in the working directory, else beside the package."""
+    """``configs/keywords.yaml`` in the working directory, else the one shipped with shoeclass."""
     here = Path("configs/keywords.yaml")
-    return here if here.is_file() else Path(__file__).resolve().parents[1] / "configs" / "keywords.yaml"
+    return here if here.is_file() else asset("configs", "keywords.yaml")
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,9 @@ from scrapy.http.request import NO_CALLBACK
 from scrapy.pipelines.images import ImageException, ImagesPipeline
 
 from .dataset import DatasetWriter, PhotoRecord
-from .imaging import dhash, encode_jpeg, normalise, sha1_bytes
+from shoeclass.images import ImageError, load_image
+
+from .imaging import dhash, encode_jpeg, sha1_bytes
 from .store import Deduplicator
 
 __all__ = ["DedupImagesPipeline", "DatasetPipeline"]
@@ -57,11 +59,9 @@ class DedupImagesPipeline(ImagesPipeline):
                    item: Any = None) -> Iterator[tuple[str, Image.Image, BytesIO]]:
         path = self.file_path(request, response=response, info=info, item=item)
         try:
-            image = Image.open(BytesIO(response.body))
-            image.load()
-        except Exception as exc:  # PIL raises many types for broken data
-            raise ImageException(f"not a readable image ({exc})") from exc
-        image = normalise(image)
+            image = load_image(response.body, request.url)  # the library's loader, with its guards
+        except ImageError as exc:
+            raise ImageException(exc.problem) from exc
         if image.width < self.min_width or image.height < self.min_height:
             raise ImageException(f"image too small ({image.width}x{image.height} < "
                                  f"{self.min_width}x{self.min_height})")

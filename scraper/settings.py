@@ -19,7 +19,7 @@ USER_AGENT_STRING = "shoeclass-scraper/0.1 (+https://github.com/shoeclass/shoecl
 LOCKED_SETTINGS = ("ROBOTSTXT_OBEY", "USER_AGENT")
 
 BOT_NAME = "shoeclass-scraper"
-SPIDER_MODULES = ["scraper.spider"]
+SPIDER_MODULES = [f"{__package__}.spider"]  # installed as shoeclass_scraper
 USER_AGENT = USER_AGENT_STRING
 ROBOTSTXT_OBEY = True
 
@@ -43,8 +43,8 @@ HTTPCACHE_ENABLED = False
 LOG_LEVEL = "INFO"
 
 ITEM_PIPELINES = {
-    "scraper.pipelines.DedupImagesPipeline": 100,
-    "scraper.pipelines.DatasetPipeline": 300,
+    f"{__package__}.pipelines.DedupImagesPipeline": 100,
+    f"{__package__}.pipelines.DatasetPipeline": 300,
 }
 IMAGES_MIN_WIDTH = 100
 IMAGES_MIN_HEIGHT = 100

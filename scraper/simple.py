@@ -112,7 +112,7 @@ def select(soup: BeautifulSoup | Tag, selectors: tuple[Selector, ...]) -> list[s
     out: list[str] = []
     for sel in selectors:
         if sel.kind != "css":
-            raise ValueError(f"{sel.query!r}: XPath selectors need the Scrapy path (scraper.crawl)")
+            raise ValueError(f"{sel.query!r}: XPath selectors need the Scrapy path (shoeclass_scraper.crawl)")
         m = _PSEUDO.match(sel.query)
         css = (m.group("css") if m else sel.query).strip() or "*"
         for el in soup.select(css):

@@ -32,7 +32,7 @@ class ShopSpider(scrapy.Spider):
     """Crawl one shop. ``site`` is a ``SiteConfig`` or the path of a site YAML.
 
     Usable from the ``scrapy`` command too:
-    ``SCRAPY_SETTINGS_MODULE=scraper.settings scrapy crawl shop -a site=configs/sites/x.yaml
+    ``SCRAPY_SETTINGS_MODULE=shoeclass_scraper.settings scrapy crawl shop -a site=configs/sites/x.yaml
     -s IMAGES_STORE=DIR`` (the dataset folder).
     """
 

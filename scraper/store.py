@@ -3,19 +3,20 @@
 ``Deduplicator`` remembers every kept photo by content (SHA-1 of the original bytes) and look
 (dHash), seeded from the ``provenance.csv`` of an existing dataset folder, so a photo seen in an
 earlier run or on another product is not kept twice. ``PhotoSink`` is what ``simple.py`` and
-``folder_import.py`` write through: normalise → de-duplicate → JPEG → ``DatasetWriter``.
+``folder_import.py`` write through: load (``shoeclass.images.load_image``) → de-duplicate → JPEG → ``DatasetWriter``.
 """
 from __future__ import annotations
 
 import csv
-import io
 import logging
 from pathlib import Path
 
 from PIL import Image
 
 from .dataset import DatasetWriter, PhotoRecord
-from .imaging import PerceptualIndex, dhash, encode_jpeg, normalise, sha1_bytes
+from shoeclass.images import ImageError, load_image
+
+from .imaging import PerceptualIndex, dhash, encode_jpeg, sha1_bytes
 
 __all__ = ["Deduplicator", "PhotoSink"]
 
@@ -90,12 +91,10 @@ class PhotoSink:
         ``record.image``, ``sha1`` and ``dhash`` are filled in here. Returns False when dropped.
         """
         try:
-            img = Image.open(io.BytesIO(data))
-            img.load()
-            img = normalise(img)
-        except Exception as exc:  # PIL raises many types for broken data
-            logger.warning("%s: not a readable image (%s), dropped", key, exc)
-            self.dropped["broken"] += 1
+            img = load_image(data, key)  # the library's loader: size and bomb guards, upright RGB
+        except ImageError as exc:
+            logger.warning("%s, dropped", exc)
+            self.dropped["small" if exc.problem.startswith("image too small") else "broken"] += 1
             return False
         if min(img.size) < self.min_side:
             logger.warning("%s: too small (%dx%d), dropped", key, *img.size)

@@ -20,9 +20,11 @@ from typing import Any, Mapping
 
 import yaml
 
+from .assets import asset
+
 logger = logging.getLogger(__name__)
 
-DEFAULT_RULES_PATH = Path(__file__).resolve().parent.parent / "configs" / "tariff_ch64.yaml"
+DEFAULT_RULES_PATH = asset("configs", "tariff_ch64.yaml")
 
 Value = str | bool
 Condition = Mapping[str, Any]  # variable -> allowed values; optional "any_of": [Condition, ...]

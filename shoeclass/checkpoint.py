@@ -18,7 +18,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .attributes import OUTPUT_KEYS
-from .models import ModelConfig, ShoeNet, build_model
+from .assets import asset
+from .backbones import get_backbone
+from .models import EnsembleNet, ModelConfig, ShoeNet, build_model, state_checksum
 
 __all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "read_metadata", "resolve_path", "DEFAULT_MODEL"]
 
@@ -26,7 +28,7 @@ logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 TENSORS, METADATA = "model.safetensors", "model.json"
-DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "weights" / "default"
+DEFAULT_MODEL = asset("weights", "default")
 
 
 class CheckpointError(ValueError):
@@ -57,7 +59,7 @@ def save_checkpoint(model: torch.nn.Module, folder: str | Path, meta: dict) -> P
 
     A frozen ImageNet trunk is not stored: it comes from its installed package or file, and the
     metadata records its checksum so a different trunk is refused at load time. A retrained tail
-    (``tuned_blocks``) is stored as ``trunk.*`` tensors. An :class:`~shoeclass.ensemble.EnsembleNet`
+    (``tuned_blocks``) is stored as ``trunk.*`` tensors. An :class:`~shoeclass.models.EnsembleNet`
     stores each member's tensors under ``members.<i>.`` in float16 (its bf16 inference rounds them
     further anyway; it keeps three members under the 50 MB the shipped weights may take).
     """
@@ -81,7 +83,7 @@ def save_checkpoint(model: torch.nn.Module, folder: str | Path, meta: dict) -> P
 
 
 def _trainable(model: ShoeNet) -> dict[str, torch.Tensor]:
-    if model.cfg.backbone == "lenet":
+    if get_backbone(model.cfg.backbone).kind == "scratch":
         return model.state_dict()
     return {**{f"heads.{k}": v for k, v in model.heads.state_dict().items()},
             **{f"trunk.{k}": v for k, v in model.trunk.tuned_state().items()}}
@@ -129,8 +131,6 @@ def load_checkpoint(path: str | Path | None = None,
     state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
     try:
         if "ensemble" in meta:
-            from .ensemble import EnsembleNet
-
             members = []
             for i, mcfg in enumerate(meta["ensemble"]["members"]):
                 prefix = f"members.{i}."
@@ -151,10 +151,8 @@ def load_checkpoint(path: str | Path | None = None,
 def _build(cfg: ModelConfig, state: dict[str, torch.Tensor], trunk_weights: str | None, meta: dict,
            folder: Path) -> ShoeNet:
     """One network from its config and stored tensors, its ImageNet trunk checked against the metadata."""
-    from .features import state_checksum
-
     model = build_model(cfg, weights=trunk_weights)
-    if cfg.backbone == "lenet":
+    if get_backbone(cfg.backbone).kind == "scratch":
         model.load_state_dict(state)
         return model
     stray = [k for k in state if not k.startswith(("heads.", "trunk."))]

@@ -1,4 +1,8 @@
-"""The ``shoeclass`` command line: train, classify, evaluate (and the tools built on them)."""
+"""The ``shoeclass`` command line: train, classify, evaluate (and the tools built on them).
+
+Building the parser loads neither torch nor the model (``--help``, ``--version`` and bad
+arguments answer at once); each command imports what it needs when it runs.
+"""
 from __future__ import annotations
 
 import argparse
@@ -6,6 +10,9 @@ import json
 import logging
 import sys
 from pathlib import Path
+
+from . import __version__
+from .assets import load_scraper
 
 __all__ = ["main", "get_args_parser"]
 
@@ -31,8 +38,7 @@ def _yes_no(text: str) -> bool:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .ensemble import is_ensemble_config, train_ensemble
-    from .train import load_config, train
+    from .training import is_ensemble_config, load_config, train, train_ensemble
 
     over = _overrides(args.set)
     for key in ("data", "out", "epochs"):
@@ -50,13 +56,15 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_classify(args: argparse.Namespace) -> int:
-    from .api import classify_images
+    from .tariff import DeclaredFacts
 
-    declared = {k: v for k, v in {
+    declared = DeclaredFacts.from_dict({k: v for k, v in {  # a bad fact is refused before the model loads
         "upper_material": args.upper, "sole_material": args.sole, "insole_cm": args.insole_cm,
         "gender": args.gender, "heel_sole_cm": args.heel_sole_cm, "sports_kind": args.sports_kind,
         "waterproof_construction": args.waterproof_construction, "metal_toecap": args.metal_toecap,
-    }.items() if v is not None}
+    }.items() if v is not None})
+    from .api import classify_images
+
     result = classify_images(args.photos, model=args.model, declared=declared, top_k=args.top_k,
                              bf16=False if args.fp32 else None)
     data = result.to_dict()
@@ -115,10 +123,55 @@ def cmd_clusters(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .service import MB, serve  # fastapi and the model only when serving
+
+    serve(args.host, args.port, args.model, max_photos=args.max_photos,
+          max_photo_bytes=int(args.max_photo_mb * MB), max_request_bytes=int(args.max_request_mb * MB))
+    return 0
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def add_serve_parser(sub: argparse._SubParsersAction, **kw) -> argparse.ArgumentParser:
+    """``shoeclass serve [--host 127.0.0.1] [--port 8080] [--model PATH]`` (docs/service.md)."""
+    p = sub.add_parser("serve", help="serve the HTTP JSON API (docs/service.md)", **kw)
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--model", help="model folder (default: the shipped model)")
+    p.add_argument("--max-photos", type=_positive_int, default=12, help="photos per item")
+    p.add_argument("--max-photo-mb", type=float, default=10, help="MB per photo")
+    p.add_argument("--max-request-mb", type=float, default=50, help="MB per request")
+    p.set_defaults(func=cmd_serve)
+    return p
+
+
+class _SubParsers(argparse._SubParsersAction):
+    """Subcommands that accept the common options (``-v``) after their name too."""
+
+    common: argparse.ArgumentParser
+
+    def add_parser(self, name: str, **kw):  # type: ignore[override]
+        kw["parents"] = [*kw.get("parents", ()), self.common]
+        return super().add_parser(name, **kw)
+
+
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="shoeclass", description=__doc__)
+    parser = argparse.ArgumentParser(prog="shoeclass", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"shoeclass {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress")
+    common = argparse.ArgumentParser(add_help=False)
+    # SUPPRESS: a subcommand without -v leaves the value set before it
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="log progress")
+    parser.register("action", "parsers", _SubParsers)
     sub = parser.add_subparsers(dest="command", required=True)
+    sub.common = common
 
     p = sub.add_parser("train", help="train a model from a YAML config")
     p.add_argument("--config", required=True, help="configs/<name>.yaml")
@@ -143,7 +196,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     facts.add_argument("--sports-kind", help="ski, snowboard, other_sports, athletic, none")
     facts.add_argument("--waterproof-construction", type=_yes_no, help="yes/no: sole and upper not stitched, riveted …")
     facts.add_argument("--metal-toecap", type=_yes_no, help="yes/no: protective metal toe-cap")
-    p.add_argument("--top-k", type=int, default=5, help="tariff candidates per level")
+    p.add_argument("--top-k", type=_positive_int, default=5, help="tariff candidates per level")
     p.set_defaults(func=cmd_classify)
 
     p = sub.add_parser("evaluate", help="measure a model on a labels.csv folder")
@@ -158,13 +211,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="model folder (default: the shipped model)")
     p.set_defaults(func=cmd_clusters)
 
-    from scraper.cli import add_parsers as add_scraper_parsers
-
-    from .service import add_serve_parser
-
-    add_serve_parser(sub)  # serve
-
-    add_scraper_parsers(sub)  # scrape, import-folder, fetch
+    add_serve_parser(sub)
+    load_scraper("cli").add_parsers(sub)  # scrape, import-folder, fetch
     return parser
 
 

@@ -17,7 +17,7 @@ from .attributes import MASK, OUTPUT_KEYS
 from .calibration import SoftmaxTemperature, TemperatureScaling
 from .fusion import BayesianFusion, label_priors
 from .hierarchy import AttributeClusters
-from .losses import class_weights
+from .labels import class_weights
 
 __all__ = ["DecisionLayer", "tune_thresholds", "prior_thresholds", "effective_prior"]
 

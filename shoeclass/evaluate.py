@@ -9,8 +9,7 @@ import numpy as np
 from .api import Classifier
 from .data import table_outputs
 from .labels import LabelTable, read_labels
-from .metrics import expected_calibration_error
-from .train import evaluate_probs
+from .metrics import evaluate_probs, expected_calibration_error
 
 __all__ = ["predict_table", "evaluate", "to_markdown", "save_plots"]
 

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .attributes import OUTPUT_KEYS
+from .attributes import MASK, OUTPUT_KEYS
 
-__all__ = ["LabelsError", "LabelTable", "read_labels", "META_COLUMNS", "SPLITS", "MAX_PROBLEMS"]
+__all__ = ["LabelsError", "LabelTable", "read_labels", "META_COLUMNS", "SPLITS", "MAX_PROBLEMS", "class_weights"]
 
 META_COLUMNS = ("image", "item", "source", "src_class", "split", "origin")
 SPLITS = ("train", "val", "test")
@@ -228,3 +228,19 @@ def _error(path: Path, problems: list[tuple[int | None, str | None, str]]) -> La
     more = f" (the first {MAX_PROBLEMS} shown)" if len(problems) > MAX_PROBLEMS else ""
     text = f"{path}: {len(problems)} problems{more}; fix them before training:\n  " + "\n  ".join(shown)
     return LabelsError(text, path, problems)
+
+
+def class_weights(y: np.ndarray, power: float = 1.0, max_weight: float | None = None) -> np.ndarray:
+    """(2, K) weights for negatives and positives that equalise the two classes of each output.
+
+    ``power`` = 1 weights both classes equally (what balanced accuracy rewards); 0 leaves the data's
+    own frequencies; values between soften the reweighting. ``max_weight`` caps every weight.
+    """
+    known = y != MASK
+    n_pos = ((y == 1) & known).sum(0).astype(np.float64)
+    n_neg = ((y == 0) & known).sum(0).astype(np.float64)
+    n = np.maximum(n_pos + n_neg, 1)
+    w_pos = (n / np.maximum(2 * n_pos, 1)) ** power
+    w_neg = (n / np.maximum(2 * n_neg, 1)) ** power
+    w = np.stack([w_neg, w_pos])
+    return (w if max_weight is None else np.minimum(w, max_weight)).astype(np.float32)

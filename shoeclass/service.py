@@ -12,7 +12,6 @@ Example:
 """
 from __future__ import annotations
 
-import argparse
 import base64
 import binascii
 import logging
@@ -34,7 +33,7 @@ from .api import Classifier
 from .result import SCHEMA_VERSION
 from .tariff import DeclaredFacts
 
-__all__ = ["create_app", "serve", "add_serve_parser", "DECLARED_FIELDS"]
+__all__ = ["create_app", "serve", "DECLARED_FIELDS"]
 
 logger = logging.getLogger(__name__)
 
@@ -290,22 +289,3 @@ def serve(host: str = "127.0.0.1", port: int = 8080, model: str | Path | None = 
     import uvicorn
 
     uvicorn.run(create_app(model, **limits), host=host, port=port, log_level="info")
-
-
-def add_serve_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Register ``shoeclass serve [--host 127.0.0.1] [--port 8080] [--model PATH]``."""
-    p = subparsers.add_parser("serve", help="serve the HTTP JSON API (docs/service.md)")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=8080)
-    p.add_argument("--model", help="model folder (default: the shipped model)")
-    p.add_argument("--max-photos", type=int, default=12, help="photos per item")
-    p.add_argument("--max-photo-mb", type=float, default=10, help="MB per photo")
-    p.add_argument("--max-request-mb", type=float, default=50, help="MB per request")
-    p.set_defaults(func=_cmd_serve)
-    return p
-
-
-def _cmd_serve(args: argparse.Namespace) -> int:
-    serve(args.host, args.port, args.model, max_photos=args.max_photos,
-          max_photo_bytes=int(args.max_photo_mb * MB), max_request_bytes=int(args.max_request_mb * MB))
-    return 0

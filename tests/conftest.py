@@ -8,7 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
+from shoeclass.assets import load_scraper
 from shoeclass.attributes import ATTRIBUTE_KEYS
+
+load_scraper()  # the tests import shoeclass_scraper, installed or (in a checkout) the scraper/ folder
 
 HEADER = ["image", "item", "source", "src_class", "split", "origin", "not_footwear", *ATTRIBUTE_KEYS]
 

@@ -14,7 +14,7 @@ from PIL import Image, JpegImagePlugin
 
 from shoeclass.api import Classifier, classify_images
 from shoeclass.images import MAX_SIDE, MIN_SIDE, ImageError, load_image
-from shoeclass.train import load_config, train
+from shoeclass.training import load_config, train
 
 pytestmark = pytest.mark.filterwarnings("ignore:Corrupt EXIF data")
 

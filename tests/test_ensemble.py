@@ -12,7 +12,8 @@ from safetensors.torch import load_file
 
 from shoeclass import classify_images
 from shoeclass.checkpoint import load_checkpoint, save_checkpoint
-from shoeclass.ensemble import EnsembleNet, train_ensemble
+from shoeclass.models import EnsembleNet
+from shoeclass.training import train_ensemble
 from shoeclass.models import ModelConfig, build_model
 
 CONFIG = Path(__file__).resolve().parent.parent / "configs" / "efficientnet_lite0.yaml"

@@ -10,9 +10,9 @@ from safetensors.torch import load_file
 
 from shoeclass import classify_images
 from shoeclass.checkpoint import CheckpointError, load_checkpoint
-from shoeclass.features import state_checksum
+from shoeclass.models import state_checksum
 from shoeclass.models import build_trunk
-from shoeclass.train import load_config, train
+from shoeclass.training import load_config, train
 
 
 def test_stem_then_tail_equals_the_whole_trunk():
@@ -36,7 +36,7 @@ def test_tuned_blocks_out_of_range_or_on_other_backbones_raise():
 
 
 def test_augmented_views_have_the_training_size_and_stay_in_range():
-    from shoeclass.pixels import augment_views
+    from shoeclass.training.augment import augment_views
 
     x = torch.rand(4, 3, 224, 224)
     views = augment_views(x, torch.Generator().manual_seed(0), 160)
@@ -46,7 +46,7 @@ def test_augmented_views_have_the_training_size_and_stay_in_range():
 
 
 def test_rotated_views_fill_outside_the_photo_with_white():
-    from shoeclass.pixels import augment_views
+    from shoeclass.training.augment import augment_views
 
     black = torch.zeros(64, 3, 224, 224)
     views = augment_views(black, torch.Generator().manual_seed(1), 160)
@@ -119,7 +119,7 @@ def test_missing_tail_tensors_are_refused(tuned_model, tmp_path):
 def test_pixel_cache_is_keyed_by_photos_and_size(tiny_dataset, tmp_path):
     from shoeclass.data import EvalPreset
     from shoeclass.labels import read_labels
-    from shoeclass.pixels import pixel_cache, pixel_cache_path
+    from shoeclass.training.pixels import pixel_cache, pixel_cache_path
 
     table = read_labels(tiny_dataset)
     preset = EvalPreset("efficientnet_lite0")

@@ -10,7 +10,7 @@ import pytest
 
 from shoeclass.attributes import ATTRIBUTE_KEYS, OUTPUT_KEYS
 from shoeclass.labels import MAX_PROBLEMS, LabelsError, read_labels
-from shoeclass.train import load_config, train
+from shoeclass.training import load_config, train
 
 from conftest import HEADER
 

@@ -2,7 +2,8 @@
 import numpy as np
 import torch
 
-from shoeclass.losses import class_weights, masked_bce
+from shoeclass.labels import class_weights
+from shoeclass.training.losses import masked_bce
 
 
 def test_masked_label_changes_neither_loss_nor_gradient():

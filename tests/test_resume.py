@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from shoeclass.train import load_config, train
+from shoeclass.training import load_config, train
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = REPO / "configs" / "lenet.yaml"
@@ -22,7 +22,7 @@ CONFIG = REPO / "configs" / "lenet.yaml"
 KILLER = """
 import os, signal, sys
 from pathlib import Path
-import shoeclass.train_images as ti
+import shoeclass.training.lenet as ti
 state, augment = Path(sys.argv[1]) / "train_state.pt", ti.augment_views
 def hook(x, gen, size):
     if state.exists():
@@ -63,7 +63,7 @@ def test_state_after_a_kill_is_loadable(killed: Path) -> None:
 
 def test_training_resumes_from_the_state_and_finishes(killed: Path, tiny_dataset: Path, caplog) -> None:
     cfg = load_config(CONFIG, overrides(tiny_dataset, killed))
-    with caplog.at_level(logging.INFO, logger="shoeclass.train_images"):
+    with caplog.at_level(logging.INFO, logger="shoeclass.training.lenet"):
         folder = train(cfg)
     assert "resuming lenet training at epoch 1" in caplog.text
     assert "lenet epoch 0 " not in caplog.text  # epoch 0 is not trained again

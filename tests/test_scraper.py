@@ -1,6 +1,6 @@
 """Scraper tests against a fixture shop served on 127.0.0.1 (no other address is touched).
 
-A real Scrapy crawl runs in a subprocess (``python -m scraper scrape``; Twisted's reactor cannot
+A real Scrapy crawl runs in a subprocess (``python -m shoeclass.cli scrape``; Twisted's reactor cannot
 restart in-process) against tests/fixtures/shop/make_shop.py, built at test time with PIL-drawn
 photos. Then the BeautifulSoup path, the folder importer and one epoch of training on the result.
 """
@@ -18,13 +18,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from scraper.config import load_site_config
-from scraper.dataset import LABEL_COLUMNS, split_for_item
-from scraper.folder_import import import_folder
-from scraper.imaging import PerceptualIndex, dhash, hamming
-from scraper.keywords import KeywordRules
-from scraper.settings import USER_AGENT_STRING, build_settings
-from scraper.simple import RobotsDisallowed, scrape_url
+from shoeclass_scraper.config import load_site_config
+from shoeclass_scraper.dataset import LABEL_COLUMNS, split_for_item
+from shoeclass_scraper.folder_import import import_folder
+from shoeclass_scraper.imaging import PerceptualIndex, dhash, hamming
+from shoeclass_scraper.keywords import KeywordRules
+from shoeclass_scraper.settings import USER_AGENT_STRING, build_settings
+from shoeclass_scraper.simple import RobotsDisallowed, scrape_url
 from shoeclass.attributes import ATTRIBUTE_KEYS, OUTPUT_KEYS
 from shoeclass.labels import read_labels
 
@@ -44,7 +44,7 @@ def _env() -> dict[str, str]:
 
 
 def _scrape(site: Path, out: Path, *extra: str) -> subprocess.CompletedProcess[str]:
-    cmd = [sys.executable, "-m", "scraper", "scrape", "--site", str(site), "--out", str(out),
+    cmd = [sys.executable, "-m", "shoeclass.cli", "scrape", "--site", str(site), "--out", str(out),
            "--keywords", str(KEYWORDS), *extra]
     proc = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -18,7 +18,8 @@ from PIL import Image
 
 from shoeclass.api import Classifier
 from shoeclass.attributes import OUTPUT_KEYS
-from shoeclass.service import add_serve_parser, create_app
+from shoeclass.cli import add_serve_parser
+from shoeclass.service import create_app
 
 LIMITS = {"max_photos": 4, "max_photo_bytes": 200_000, "max_request_bytes": 1_000_000, "max_batch_items": 3}
 DECLARED = {"upper": "leather", "sole": "rubber", "insole_cm": "26.5", "gender": "women",
@@ -27,7 +28,7 @@ DECLARED = {"upper": "leather", "sole": "rubber", "insole_cm": "26.5", "gender":
 
 @pytest.fixture(scope="module")
 def model_dir(tiny_dataset, tmp_path_factory) -> Path:
-    from shoeclass.train import load_config, train
+    from shoeclass.training import load_config, train
 
     tmp = tmp_path_factory.mktemp("service")
     return train(load_config("configs/efficientnet_lite0.yaml", {

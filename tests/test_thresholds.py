@@ -41,7 +41,7 @@ def test_accuracy_alone_trades_the_rare_class_for_the_common_one():
 
 
 def test_class_weights_cap_bounds_every_weight_and_leaves_the_others():
-    from shoeclass.losses import class_weights
+    from shoeclass.labels import class_weights
 
     y = np.concatenate([_labels(0.001), _labels(0.3)], 1)
     full, capped = class_weights(y, 1.0), class_weights(y, 1.0, max_weight=10.0)

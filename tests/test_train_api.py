@@ -10,7 +10,7 @@ from shoeclass.api import Classifier
 from shoeclass.attributes import OUTPUT_KEYS
 from shoeclass.checkpoint import CheckpointError, load_checkpoint
 from shoeclass.cli import main as cli
-from shoeclass.train import load_config, train
+from shoeclass.training import load_config, train
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +110,7 @@ def test_exponent_floats_are_read_as_numbers_and_bad_ones_named():
 
 def test_source_and_origin_weights_multiply(tiny_dataset):
     from shoeclass.labels import read_labels
-    from shoeclass.train import sample_weights
+    from shoeclass.training.config import sample_weights
 
     table = read_labels(tiny_dataset)
     table.source[:4] = "worn"

@@ -29,10 +29,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .losses import class_weights
-from .models import Trunk
-from .pixels import augment_views, pixels_to_tensor
-from .runtime import autocast
+from ..labels import class_weights
+from ..models import Trunk
+from ..runtime import autocast
+from .augment import augment_views
+from .pixels import pixels_to_tensor
 
 __all__ = ["pixel_features", "tune_trunk"]
 
@@ -66,12 +67,12 @@ def tune_trunk(trunk: Trunk, heads: torch.nn.Module, pixels: np.ndarray, y: np.n
     Args:
         pixels: (N, 224, 224, 3) uint8 preprocessed training photos (may be memory-mapped).
         y, w: (N, 14) labels (0.5 masked) and (N,) sample weights; gate, suit: the heads' other
-            targets (see ``train_frozen.fit_heads``).
+            targets (see ``frozen.fit_heads``).
         pixels_val, y_val: validation photos (scored at full resolution, unaugmented) and labels.
         cfg: the TrainConfig (``tune_epochs``, ``tune_lr``, ``tune_size``, ``tune_batch``,
             ``balance``, ``weight_decay``, ``seed``, ``out``, ``progress``).
         mean, std: the backbone's (1, 3, 1, 1) normalisation.
-        loss_fn: ``train_frozen.heads_loss``; score_fn: (val logits, y_val) -> score to maximise.
+        loss_fn: ``frozen.heads_loss``; score_fn: (val logits, y_val) -> score to maximise.
 
     Returns:
         A history dict (epochs run, best epoch, validation score per epoch, seconds).
@@ -91,7 +92,7 @@ def tune_trunk(trunk: Trunk, heads: torch.nn.Module, pixels: np.ndarray, y: np.n
                                                 pct_start=0.1)
     # Class weights capped: a rare output's few positives (weights of several hundred) would
     # otherwise steer the whole trunk. The heads keep the prior of their uncapped first training
-    # (measured on validation), so the decision layer's priors stay those (train_frozen).
+    # (measured on validation), so the decision layer's priors stay those (frozen.py).
     cw = torch.from_numpy(class_weights(y, cfg.balance, MAX_CLASS_WEIGHT))
     yt, wt = torch.from_numpy(y), torch.from_numpy(w)
     gt = torch.from_numpy(gate) if gate is not None else None

@@ -1,7 +1,7 @@
 """End-to-end training of the from-scratch ``lenet`` on preprocessed pixels.
 
 The photos come from the 112-pixel cache (``pixels.pixel_cache``), each epoch as new random views
-(``pixels.augment_views``: crop, flip, rotation, brightness, contrast). Each epoch ends with a
+(``augment.augment_views``: crop, flip, rotation, brightness, contrast). Each epoch ends with a
 checkpoint of model, optimizer and epoch, so an interrupted run resumes from its last complete epoch.
 """
 from __future__ import annotations
@@ -16,11 +16,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .data import EvalPreset
-from .labels import LabelTable
-from .losses import class_weights, masked_bce
-from .models import build_model
-from .pixels import augment_views, pixel_cache, pixels_to_tensor
+from ..data import EvalPreset
+from ..labels import LabelTable, class_weights
+from ..metrics import val_score
+from ..models import build_model
+from .augment import augment_views
+from .config import TrainConfig, make_optimizer
+from .losses import masked_bce
+from .pixels import pixel_cache, pixels_to_tensor
 
 __all__ = ["train_lenet"]
 
@@ -44,14 +47,12 @@ def _resumable(config: dict) -> dict:
     return {k: v for k, v in config.items() if k not in ("progress", "num_workers", "cache_dir", "out")}
 
 
-def train_lenet(cfg, splits: dict[str, LabelTable]) -> tuple[torch.nn.Module, dict, np.ndarray | None]:
+def train_lenet(cfg: TrainConfig, splits: dict[str, LabelTable]) -> tuple[torch.nn.Module, dict, np.ndarray | None]:
     """Train lenet with early stopping on validation mean balanced accuracy.
 
     Returns:
         (model with the best validation weights, history with the validation logits, test logits or None).
     """
-    from .train import make_optimizer, val_score
-
     preset = EvalPreset("lenet")
     mean, std = preset._mean[None], preset._std[None]
     pix = {k: pixel_cache(v, preset, cfg.cache_dir, cfg.progress) for k, v in splits.items() if len(v)}

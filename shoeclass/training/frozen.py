@@ -15,18 +15,21 @@ import numpy as np
 import torch
 from scipy.special import expit
 
-from .attributes import MASK, OUTPUT_KEYS
-from .calibration import SoftmaxTemperature, TemperatureScaling
-from .data import EvalPreset, TrainPreset
-from .decision import DecisionLayer, effective_prior, prior_thresholds, tune_thresholds
-from .features import state_checksum, trunk_features
-from .fusion import BayesianFusion
-from .hierarchy import AttributeClusters
-from .labels import LabelTable
-from .losses import class_weights, masked_bce
-from .metrics import attribute_metrics, summarize
-from .models import build_model
-from .train import TrainConfig, make_optimizer, sample_weights, val_score
+from ..attributes import MASK, OUTPUT_KEYS
+from ..calibration import SoftmaxTemperature, TemperatureScaling
+from ..data import EvalPreset
+from ..decision import DecisionLayer, effective_prior, prior_thresholds, tune_thresholds
+from ..fusion import BayesianFusion
+from ..hierarchy import AttributeClusters
+from ..labels import LabelTable, class_weights
+from ..metrics import attribute_metrics, summarize, val_score
+from ..models import build_model, state_checksum
+from .augment import TrainPreset
+from .config import TrainConfig, make_optimizer, sample_weights
+from .features import trunk_features
+from .finetune import pixel_features, tune_trunk
+from .losses import masked_bce
+from .pixels import pixel_cache
 
 __all__ = ["train_frozen", "fit_heads", "fit_decision", "heads_loss", "predict_outputs", "gate_targets", "suitability_targets"]
 
@@ -220,9 +223,6 @@ def fit_decision(out_val: dict[str, np.ndarray], val_views: list[dict[str, np.nd
 def _tune(cfg: TrainConfig, model, table: LabelTable, targets: dict, history: dict) -> dict[str, np.ndarray]:
     """Fine-tune the trunk's tail with the heads on augmented photos (finetune.py); returns the
     tuned trunk's features of the validation and test photos (the decision layer's inputs)."""
-    from .finetune import pixel_features, tune_trunk
-    from .pixels import pixel_cache
-
     preset = EvalPreset(cfg.model.backbone)
     mean, std = preset._mean[None], preset._std[None]
     pix = {s: pixel_cache(table.subset(table.split == s), preset, cfg.cache_dir, cfg.progress, size=224)

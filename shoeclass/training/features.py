@@ -14,23 +14,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data import EvalPreset, table_outputs
-from .labels import LabelTable
-from .models import Trunk
-from .runtime import autocast, cpu_has_bf16, prepare_for_inference
+from ..data import EvalPreset, table_outputs
+from ..labels import LabelTable
+from ..models import Trunk, state_checksum
+from ..runtime import autocast, cpu_has_bf16, prepare_for_inference
 
-__all__ = ["state_checksum", "cache_key", "trunk_features", "feature_cache_path"]
+__all__ = ["cache_key", "trunk_features", "feature_cache_path"]
 
 logger = logging.getLogger(__name__)
-
-
-def state_checksum(module: torch.nn.Module) -> str:
-    """sha256 over a module's parameters and buffers (names and values)."""
-    h = hashlib.sha256()
-    for name, t in sorted(module.state_dict().items()):
-        h.update(name.encode())
-        h.update(t.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
 
 
 def cache_key(trunk_sha: str, preprocess: dict, table: LabelTable, bf16: bool) -> str:

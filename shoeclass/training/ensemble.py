@@ -1,10 +1,9 @@
-"""Ensembles of fine-tuned models: one frozen stem, several tuned tails, the photo and its mirror.
+"""Training ensembles of fine-tuned models (the network itself is ``models.EnsembleNet``).
 
 Members are model folders written by ``shoeclass train`` with the same backbone and the same
-``tuned_blocks`` (they differ in seed and fine-tuning resolution). Their frozen stems are the same
-ImageNet blocks, so the stem runs once per photo; each member's tail and heads run on its map, on
-the photo and on its mirror image. The outputs (head, gate and suitability logits) are averaged and
-one decision layer, fitted on validation for the ensemble, turns them into probabilities.
+``tuned_blocks`` (they differ in seed and fine-tuning resolution). The averaged outputs (head,
+gate and suitability logits, over members and mirror views) go through one decision layer,
+fitted here on validation for the ensemble.
 
 Averaging members and mirror views separates present from absent better than any one model: the
 measured trade-off between mean accuracy and balanced accuracy is in BENCHMARKS.md.
@@ -21,49 +20,21 @@ import numpy as np
 import torch
 import yaml
 
-from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from .data import EvalPreset, TrainPreset, preprocess_config, table_outputs
-from .hierarchy import AttributeClusters
-from .labels import LabelTable, read_labels
-from .metrics import expected_calibration_error
-from .models import ShoeNet
-from .runtime import autocast, prepare_for_inference
+from ..checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from ..data import EvalPreset, preprocess_config, table_outputs
+from ..hierarchy import AttributeClusters
+from ..labels import LabelTable, read_labels
+from ..metrics import evaluate_probs, expected_calibration_error
+from ..models import EnsembleNet
+from ..runtime import autocast, prepare_for_inference
+from .augment import TrainPreset
+from .config import load_config
+from .frozen import FUSION_VIEWS, fit_decision
+from .train import data_summary, train
 
-__all__ = ["EnsembleNet", "build_ensemble", "train_ensemble", "is_ensemble_config"]
+__all__ = ["build_ensemble", "train_ensemble", "is_ensemble_config"]
 
 logger = logging.getLogger(__name__)
-
-
-class EnsembleNet(torch.nn.Module):
-    """Members sharing a frozen stem: photos -> the dict of logits averaged over members and views.
-
-    Args:
-        members: fine-tuned :class:`ShoeNet` s of one backbone and one ``tuned_blocks``.
-        flip: also run the mirrored photo (a shoe seen from its other side is the same shoe).
-
-    Raises:
-        ValueError: no members, members of other backbones or tuned blocks, or a frozen trunk.
-    """
-
-    def __init__(self, members: list[ShoeNet], flip: bool = True) -> None:
-        super().__init__()
-        if not members:
-            raise ValueError("an ensemble needs at least one member")
-        kinds = {(m.cfg.backbone, m.cfg.tuned_blocks) for m in members}
-        if len(kinds) > 1 or not members[0].cfg.tuned_blocks:
-            raise ValueError(f"ensemble members must share one backbone and one tuned_blocks > 0 (the "
-                             f"stem they share); got (backbone, tuned_blocks) = {sorted(kinds)}")
-        self.members, self.flip = torch.nn.ModuleList(members), flip
-        self.cfg = members[0].cfg
-
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        n = len(x)
-        if self.flip:
-            x = torch.cat([x, x.flip(3)])  # (2B, 3, H, W): photos, then their mirror images
-        s = self.members[0].trunk.stem(x)  # shared frozen stem
-        outs = [m.heads(m.trunk.tail(s)) for m in self.members]
-        avg = {k: torch.stack([o[k] for o in outs]).mean(0) for k in outs[0]}  # (2B, K) each
-        return {k: v.view(-1, n, v.shape[1]).mean(0) for k, v in avg.items()}  # (B, K)
 
 
 def _outputs(net: torch.nn.Module, table: LabelTable, preset: EvalPreset, progress: bool) -> dict[str, np.ndarray]:
@@ -84,9 +55,6 @@ def build_ensemble(members: list[str | Path], out: str | Path, data: str | Path,
         CheckpointError: members that cannot be combined (other backbones, tuned blocks, trunk
             weights or attribute clusters), naming the folders.
     """
-    from .train import data_summary, evaluate_probs
-    from .train_frozen import FUSION_VIEWS, fit_decision
-
     t0 = time.time()
     loaded = [load_checkpoint(m) for m in members]
     first = loaded[0][1]
@@ -166,8 +134,6 @@ def train_ensemble(path: str | Path, overrides: dict | None = None) -> Path:
     Raises:
         ValueError: a config without members or base, or unknown ensemble keys.
     """
-    from .train import load_config, train
-
     path = Path(path)
     raw = yaml.safe_load(path.read_text()) or {}
     unknown = set(raw) - {"base", "out", "flip", "members"}

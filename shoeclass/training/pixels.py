@@ -1,27 +1,25 @@
-"""The preprocessed photos as a uint8 pixel cache, and random views of them made on the fly.
+"""The preprocessed photos as a uint8 pixel cache (random views of them: ``augment.augment_views``).
 
 Decoding and preprocessing every photo each epoch costs more on a 2-core CPU than the small nets
 that train on them (lenet, a fine-tuned trunk tail), so the preprocessed 224×224 pixels (or
 lenet's 112×112) are cached once on disk and memory-mapped; every epoch then draws new random
-views of them with tensor operations (:func:`augment_views`).
+views of them with tensor operations (``augment.augment_views``).
 """
 from __future__ import annotations
 
 import hashlib
 import json
-import math
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .data import EvalPreset, preprocess_config
-from .images import load_image
-from .labels import LabelTable
+from ..data import EvalPreset, preprocess_config
+from ..images import load_image
+from ..labels import LabelTable
 
-__all__ = ["pixel_cache", "pixel_cache_path", "pixels_to_tensor", "augment_views"]
+__all__ = ["pixel_cache", "pixel_cache_path", "pixels_to_tensor"]
 
 
 def pixel_cache_path(table: LabelTable, preset: EvalPreset, cache_dir: str | Path, size: int = 112) -> Path:
@@ -57,23 +55,3 @@ def pixel_cache(table: LabelTable, preset: EvalPreset, cache_dir: str | Path, pr
 def pixels_to_tensor(pixels: np.ndarray) -> torch.Tensor:
     """(B, H, W, 3) uint8 rows of a pixel cache -> (B, 3, H, W) float in [0, 1]."""
     return torch.from_numpy(np.array(pixels)).permute(0, 3, 1, 2).float() / 255.0
-
-
-def augment_views(x: torch.Tensor, gen: torch.Generator, size: int) -> torch.Tensor:
-    """Random views of (B, 3, H, W) photos in [0, 1], resampled to ``size``: a crop keeping
-    50–100 % of the area, horizontal flip, rotation up to ±15°, brightness and contrast ±25 %.
-    Areas outside the photo are white, like the padding of the preprocessing."""
-    b = x.shape[0]
-    scale = torch.empty(b).uniform_(0.5, 1.0, generator=gen).sqrt()
-    angle = torch.empty(b).uniform_(-math.pi / 12, math.pi / 12, generator=gen)
-    flip = torch.where(torch.rand(b, generator=gen) < 0.5, -1.0, 1.0)
-    cx = torch.empty(b).uniform_(-1, 1, generator=gen) * (1 - scale)
-    cy = torch.empty(b).uniform_(-1, 1, generator=gen) * (1 - scale)
-    cos, sin = torch.cos(angle) * scale, torch.sin(angle) * scale
-    theta = torch.stack([torch.stack([cos * flip, -sin, cx], 1), torch.stack([sin * flip, cos, cy], 1)], 1)
-    grid = F.affine_grid(theta, [b, 3, size, size], align_corners=False)
-    x = F.grid_sample(x - 1, grid, mode="bilinear", align_corners=False, padding_mode="zeros") + 1  # white outside
-    bright = torch.empty(b, 1, 1, 1).uniform_(0.75, 1.25, generator=gen)
-    contrast = torch.empty(b, 1, 1, 1).uniform_(0.75, 1.25, generator=gen)
-    mean = x.mean((1, 2, 3), keepdim=True)
-    return ((x - mean) * contrast + mean * bright).clamp(0, 1)
