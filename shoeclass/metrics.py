@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import f1_score, precision_score, recall_score, roc_auc_score
-
 from scipy.special import expit
+from sklearn.metrics import f1_score, precision_score, recall_score, roc_auc_score
 
 from .attributes import MASK, OUTPUT_KEYS
 from .labels import LabelTable
+from .result import decisions
 
 __all__ = ["expected_calibration_error", "attribute_metrics", "summarize", "majority_baseline", "evaluate_probs",
            "val_score"]
@@ -31,32 +31,34 @@ def expected_calibration_error(probs: np.ndarray, y: np.ndarray, n_bins: int = 1
 
 
 def attribute_metrics(probs: np.ndarray, y: np.ndarray, keys=OUTPUT_KEYS,
-                      thresholds: np.ndarray | None = None) -> dict[str, dict]:
+                      thresholds: np.ndarray | None = None, pred: np.ndarray | None = None) -> dict[str, dict]:
     """Accuracy, balanced accuracy, precision, recall, F1, ROC-AUC and ECE per attribute.
 
     Args:
         probs: (N, K) predicted probabilities.
         y: (N, K) labels with 0.5 as a mask.
         thresholds: (K,) decision thresholds, 0.5 when not given.
+        pred: (N, K) yes/no decisions, when they are not simply ``probs >= thresholds``.
     """
     thr = np.full(len(keys), 0.5) if thresholds is None else np.asarray(thresholds)
+    decided = probs >= thr if pred is None else np.asarray(pred, dtype=bool)
     out: dict[str, dict] = {}
     for k, key in enumerate(keys):
         keep = y[:, k] != MASK
         t = y[keep, k].astype(int)
         p = probs[keep, k]
-        pred = (p >= thr[k]).astype(int)
+        yes = decided[keep, k].astype(int)
         n_pos, n_neg = int(t.sum()), int((1 - t).sum())
         m = {"n": int(keep.sum()), "n_pos": n_pos, "n_neg": n_neg}
         if m["n"]:
-            rec_pos = float((pred[t == 1] == 1).mean()) if n_pos else float("nan")
-            rec_neg = float((pred[t == 0] == 0).mean()) if n_neg else float("nan")
+            rec_pos = float((yes[t == 1] == 1).mean()) if n_pos else float("nan")
+            rec_neg = float((yes[t == 0] == 0).mean()) if n_neg else float("nan")
             m.update(
-                accuracy=float((pred == t).mean()),
+                accuracy=float((yes == t).mean()),
                 balanced_accuracy=float(np.nanmean([rec_pos, rec_neg])),
-                precision=float(precision_score(t, pred, zero_division=0)),
-                recall=float(recall_score(t, pred, zero_division=0)),
-                f1=float(f1_score(t, pred, zero_division=0)),
+                precision=float(precision_score(t, yes, zero_division=0)),
+                recall=float(recall_score(t, yes, zero_division=0)),
+                f1=float(f1_score(t, yes, zero_division=0)),
                 roc_auc=float(roc_auc_score(t, p)) if n_pos and n_neg else float("nan"),
                 ece=expected_calibration_error(p[:, None], t[:, None].astype(float)),
                 majority_accuracy=max(n_pos, n_neg) / m["n"],
@@ -86,13 +88,15 @@ def majority_baseline(y_train: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 
 def evaluate_probs(probs: np.ndarray, table: LabelTable, thresholds: np.ndarray | None = None) -> dict:
-    """Metrics on a split, whole and by worn / catalogue photos, at the model's thresholds."""
+    """Metrics on a split, whole and by worn / catalogue photos, of the yes/no that ``classify``
+    gives each photo (``result.decisions``: the model's thresholds, one height)."""
+    pred = decisions(probs, thresholds)
     groups = {"all": np.ones(len(table), bool), "worn": table.source == "worn",
               "catalogue": table.source != "worn"}
     out = {}
     for name, sel in groups.items():
         if sel.any():
-            per = attribute_metrics(probs[sel], table.y[sel], thresholds=thresholds)
+            per = attribute_metrics(probs[sel], table.y[sel], thresholds=thresholds, pred=pred[sel])
             out[name] = {"summary": summarize(per), "per_attribute": per}
     return out
 

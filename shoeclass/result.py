@@ -24,7 +24,7 @@ import numpy as np
 
 from .attributes import HEIGHT_KEYS, OUTPUT_KEYS
 
-__all__ = ["SCHEMA_VERSION", "PhotoResult", "ItemResult", "decide"]
+__all__ = ["SCHEMA_VERSION", "PhotoResult", "ItemResult", "decide", "decisions"]
 
 SCHEMA_VERSION = "1"
 
@@ -33,15 +33,28 @@ def _as_dict(row: np.ndarray | None) -> dict[str, float] | None:
     return None if row is None else {k: round(float(v), 6) for k, v in zip(OUTPUT_KEYS, row)}
 
 
-def decide(probs: np.ndarray, thresholds: np.ndarray | None = None) -> dict[str, bool]:
-    """Yes/no per output; the four heights read out consistently as the most likely one."""
-    thr = np.full(len(OUTPUT_KEYS), 0.5) if thresholds is None else thresholds
-    out = {k: bool(p >= t) for k, p, t in zip(OUTPUT_KEYS, probs, thr)}
+def decisions(probs: np.ndarray, thresholds: np.ndarray | None = None) -> np.ndarray:
+    """(N, 14) yes/no of (N, 14) probabilities: the one rule ``classify`` and ``evaluate`` share.
+
+    Each output is yes at ``p >= threshold``; the four heights are exclusive, so exactly one is
+    yes (none for not footwear): the one furthest above its threshold in log-odds, which is the
+    one that passes when only one does.
+    """
+    p = np.clip(np.asarray(probs, dtype=np.float64), 1e-7, 1 - 1e-7)
+    thr = np.clip(np.full(len(OUTPUT_KEYS), 0.5) if thresholds is None else np.asarray(thresholds, float), 1e-7, 1 - 1e-7)
+    out = p >= thr  # (N, 14)
     heights = [OUTPUT_KEYS.index(k) for k in HEIGHT_KEYS]
-    top = heights[int(np.argmax(probs[heights]))]
-    for i in heights:
-        out[OUTPUT_KEYS[i]] = i == top and not out["not_footwear"]
+    margin = np.log(p[:, heights] / (1 - p[:, heights])) - np.log(thr[heights] / (1 - thr[heights]))  # (N, 4)
+    out[:, heights] = False
+    top = np.asarray(heights)[margin.argmax(1)]
+    out[np.arange(len(p)), top] = True
+    out[:, heights] &= ~out[:, [OUTPUT_KEYS.index("not_footwear")]]
     return out
+
+
+def decide(probs: np.ndarray, thresholds: np.ndarray | None = None) -> dict[str, bool]:
+    """Yes/no per output of one (14,) row (see :func:`decisions`)."""
+    return {k: bool(v) for k, v in zip(OUTPUT_KEYS, decisions(np.asarray(probs)[None], thresholds)[0])}
 
 
 @dataclass
