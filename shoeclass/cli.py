@@ -46,12 +46,15 @@ def cmd_train(args: argparse.Namespace) -> int:
             over[key] = getattr(args, key)
     if args.no_progress:
         over["progress"] = False
+    logging.getLogger("shoeclass.training").setLevel(logging.INFO)  # loss and validation score per epoch
     folder = train_ensemble(args.config, over) if is_ensemble_config(args.config) else train(load_config(args.config, over))
     meta = json.loads((folder / "model.json").read_text())
     summary = meta["metrics"].get("test", {}).get("all", {}).get("summary")
     print(f"model written to {folder}")
     if summary:
-        print(json.dumps(summary, indent=2))
+        from .metrics import json_safe
+
+        print(json.dumps(json_safe(summary), indent=2))
     return 0
 
 
@@ -65,6 +68,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
     }.items() if v is not None})
     from .api import classify_images
 
+    logging.getLogger("shoeclass.api").setLevel(logging.ERROR)  # photo errors: printed once, below
     result = classify_images(args.photos, model=args.model, declared=declared, top_k=args.top_k,
                              bf16=False if args.fp32 else None)
     data = result.to_dict()
@@ -73,7 +77,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
     else:
         for photo in data["photos"]:
             if photo["error"]:
-                print(f"! {photo['photo']}: {photo['error']}")
+                print(f"! {photo['error']}")  # the error names the photo
         if data["attributes"] is None:
             print("no photo could be read")
         else:
@@ -102,8 +106,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     md = to_markdown(report)
     print(md)
     if args.json:
-        clean = {k: v for k, v in report.items() if not k.startswith("_")}
-        Path(args.json).write_text(json.dumps(clean, indent=2))
+        from .metrics import json_safe
+
+        clean = json_safe({k: v for k, v in report.items() if not k.startswith("_")})
+        Path(args.json).write_text(json.dumps(clean, indent=2, allow_nan=False))
         print(f"metrics written to {args.json}")
     if args.plots:
         for p in save_plots(report, args.plots):

@@ -10,7 +10,7 @@ from .labels import LabelTable
 from .result import decisions
 
 __all__ = ["expected_calibration_error", "attribute_metrics", "summarize", "majority_baseline", "evaluate_probs",
-           "val_score"]
+           "val_score", "json_safe"]
 
 MIN_PER_CLASS = 10  # an attribute enters the mean balanced accuracy with >= 10 of each class
 
@@ -110,3 +110,32 @@ def val_score(logits: np.ndarray, y: np.ndarray) -> float:
         both = [m["balanced_accuracy"] for m in per.values() if m["n_pos"] and m["n_neg"]]
         score = float(np.mean(both)) if both else summarize(per)["mean_accuracy"]
     return float(np.nan_to_num(score, nan=0.0))
+
+
+# Why a metric can be undefined; JSON gets null and this reason instead of NaN.
+NULL_REASONS = {
+    "roc_auc": "undefined: the labels hold only one class",
+    "balanced_accuracy": "undefined: no labels",
+    "mean_accuracy": "undefined: no attribute has labels",
+    "mean_balanced_accuracy": f"undefined: no attribute has {MIN_PER_CLASS} labels of each class",
+    "majority_mean_accuracy": "undefined: no attribute has labels",
+    "ece": "undefined: no labels",
+}
+
+
+def json_safe(obj):
+    """A metrics report for JSON: each NaN becomes null, and the dict holding it gets
+    ``"null_reasons": {key: why}`` (JSON has no NaN; most parsers refuse it)."""
+    if isinstance(obj, dict):
+        out, reasons = {}, {}
+        for k, v in obj.items():
+            if isinstance(v, float) and v != v:
+                out[k], reasons[k] = None, NULL_REASONS.get(k, "undefined")
+            else:
+                out[k] = json_safe(v)
+        if reasons:
+            out["null_reasons"] = reasons
+        return out
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj

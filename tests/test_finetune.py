@@ -9,9 +9,9 @@ import torch
 from safetensors.torch import load_file
 
 from shoeclass import classify_images
+from shoeclass.assets import asset
 from shoeclass.checkpoint import CheckpointError, load_checkpoint
-from shoeclass.models import state_checksum
-from shoeclass.models import build_trunk
+from shoeclass.models import build_trunk, state_checksum
 from shoeclass.training import load_config, train
 
 
@@ -58,7 +58,7 @@ def test_rotated_views_fill_outside_the_photo_with_white():
 @pytest.fixture(scope="module")
 def tuned_model(tiny_dataset, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("tuned")
-    cfg = load_config("configs/efficientnet_lite0.yaml", {
+    cfg = load_config(asset("configs", "efficientnet_lite0.yaml"), {
         "data": str(tiny_dataset), "out": str(tmp / "m"), "epochs": 2, "cache_dir": str(tmp / "cache"),
         "progress": False, "aug_views": 1, "model.tuned_blocks": 1, "tune_epochs": 2, "tune_batch": 8})
     return train(cfg)
@@ -88,14 +88,18 @@ def test_loaded_model_uses_the_retrained_tail(tuned_model, tiny_dataset):
     assert all(0.0 <= v <= 1.0 for v in d["attributes"].values())
 
 
-def test_interrupted_tuning_resumes_and_other_settings_are_refused(tiny_dataset, tmp_path):
+def test_interrupted_tuning_resumes_and_other_settings_are_refused(tiny_dataset, tmp_path, monkeypatch):
     base = {"data": str(tiny_dataset), "out": str(tmp_path / "m"), "epochs": 1, "cache_dir": str(tmp_path / "c"),
             "progress": False, "aug_views": 1, "model.tuned_blocks": 1, "tune_epochs": 1, "tune_batch": 8}
-    train(load_config("configs/efficientnet_lite0.yaml", base))
-    state = torch.load(tmp_path / "m" / "tune_state.pt", weights_only=True)
+    train(load_config(asset("configs", "efficientnet_lite0.yaml"), base))
+    assert not (tmp_path / "m" / "tune_state.pt").exists()  # a finished model keeps no resume state
+    # a run stopped after its last epoch's state was written, before the model folder was finished
+    monkeypatch.setattr("shoeclass.training.run.finish_folder", lambda folder: None)
+    train(load_config(asset("configs", "efficientnet_lite0.yaml"), {**base, "out": str(tmp_path / "cut")}))
+    state = torch.load(tmp_path / "cut" / "tune_state.pt", weights_only=True)
     assert len(state["scores"]) == 2  # the start and the one epoch
     with pytest.raises(ValueError, match="other settings"):
-        train(load_config("configs/efficientnet_lite0.yaml", {**base, "tune_lr": 1e-3}))
+        train(load_config(asset("configs", "efficientnet_lite0.yaml"), {**base, "out": str(tmp_path / "cut"), "tune_lr": 1e-3}))
 
 
 def test_missing_tail_tensors_are_refused(tuned_model, tmp_path):

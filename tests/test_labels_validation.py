@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from shoeclass.assets import asset
 from shoeclass.attributes import ATTRIBUTE_KEYS, OUTPUT_KEYS
 from shoeclass.labels import MAX_PROBLEMS, LabelsError, read_labels
 from shoeclass.training import load_config, train
@@ -113,7 +114,7 @@ def test_empty_split(ds: Path, split: str) -> None:
 
 def test_training_refuses_an_empty_split_before_it_starts(ds: Path, tmp_path: Path) -> None:
     write(ds, [r for r in rows(ds) if r["split"] != "val"])
-    cfg = load_config("configs/lenet.yaml", {"data": str(ds), "out": str(tmp_path / "run"),
+    cfg = load_config(asset("configs", "lenet.yaml"), {"data": str(ds), "out": str(tmp_path / "run"),
                                              "cache_dir": str(tmp_path / "cache"), "progress": False})
     with pytest.raises(LabelsError, match="the val split has no rows"):
         train(cfg)
@@ -124,7 +125,7 @@ def test_training_refuses_a_bad_cell_before_it_starts(ds: Path, tmp_path: Path) 
     table = rows(ds)
     table[30]["waterproof"] = "Y"
     write(ds, table)
-    cfg = load_config("configs/lenet.yaml", {"data": str(ds), "out": str(tmp_path / "run"),
+    cfg = load_config(asset("configs", "lenet.yaml"), {"data": str(ds), "out": str(tmp_path / "run"),
                                              "cache_dir": str(tmp_path / "cache"), "progress": False})
     with pytest.raises(LabelsError, match="line 32, column waterproof"):
         train(cfg)

@@ -242,3 +242,4 @@ def test_training_runs_one_epoch_on_scraped_data(crawled, tmp_path: Path) -> Non
     proc = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert any((tmp_path / "run").iterdir())
+    assert "lenet epoch 0 loss" in proc.stderr and "val mean balanced accuracy" in proc.stderr  # shown without -v

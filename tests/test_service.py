@@ -17,6 +17,7 @@ import uvicorn
 from PIL import Image
 
 from shoeclass.api import Classifier
+from shoeclass.assets import asset
 from shoeclass.attributes import OUTPUT_KEYS
 from shoeclass.cli import add_serve_parser
 from shoeclass.service import create_app
@@ -31,7 +32,7 @@ def model_dir(tiny_dataset, tmp_path_factory) -> Path:
     from shoeclass.training import load_config, train
 
     tmp = tmp_path_factory.mktemp("service")
-    return train(load_config("configs/efficientnet_lite0.yaml", {
+    return train(load_config(asset("configs", "efficientnet_lite0.yaml"), {
         "data": str(tiny_dataset), "out": str(tmp / "m"), "epochs": 2, "cache_dir": str(tmp / "cache"),
         "progress": False, "aug_views": 1}))
 

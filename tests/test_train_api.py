@@ -7,6 +7,7 @@ from PIL import Image
 
 from shoeclass import classify_images
 from shoeclass.api import Classifier
+from shoeclass.assets import asset
 from shoeclass.attributes import OUTPUT_KEYS
 from shoeclass.checkpoint import CheckpointError, load_checkpoint
 from shoeclass.cli import main as cli
@@ -16,7 +17,7 @@ from shoeclass.training import load_config, train
 @pytest.fixture(scope="module")
 def tiny_model(tiny_dataset, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("model")
-    cfg = load_config("configs/efficientnet_lite0.yaml", {
+    cfg = load_config(asset("configs", "efficientnet_lite0.yaml"), {
         "data": str(tiny_dataset), "out": str(tmp / "m"), "epochs": 3, "cache_dir": str(tmp / "cache"),
         "progress": False, "aug_views": 1})
     return train(cfg)
@@ -87,7 +88,7 @@ def test_cli_classify_and_evaluate(tiny_model, tiny_dataset, tmp_path, capsys):
 
 
 def test_lenet_trains_one_epoch(tiny_dataset, tmp_path):
-    cfg = load_config("configs/lenet.yaml", {"data": str(tiny_dataset), "out": str(tmp_path / "l"), "epochs": 1,
+    cfg = load_config(asset("configs", "lenet.yaml"), {"data": str(tiny_dataset), "out": str(tmp_path / "l"), "epochs": 1,
                                              "batch_size": 8, "cache_dir": str(tmp_path / "c"), "progress": False})
     folder = train(cfg)
     clf = Classifier(folder)

@@ -6,6 +6,6 @@ imports it): configs, feature and pixel caches, frozen-trunk heads, lenet, fine-
 """
 from .config import TrainConfig, load_config
 from .ensemble import build_ensemble, is_ensemble_config, train_ensemble
-from .train import train
+from .run import train
 
 __all__ = ["TrainConfig", "load_config", "train", "train_ensemble", "build_ensemble", "is_ensemble_config"]

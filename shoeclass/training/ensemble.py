@@ -24,13 +24,13 @@ from ..checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from ..data import EvalPreset, preprocess_config, table_outputs
 from ..hierarchy import AttributeClusters
 from ..labels import LabelTable, read_labels
-from ..metrics import evaluate_probs, expected_calibration_error
+from ..metrics import evaluate_probs, expected_calibration_error, json_safe
 from ..models import EnsembleNet
 from ..runtime import autocast, prepare_for_inference
 from .augment import TrainPreset
 from .config import load_config
 from .frozen import FUSION_VIEWS, fit_decision
-from .train import data_summary, train
+from .run import data_summary, finish_folder, train
 
 __all__ = ["build_ensemble", "train_ensemble", "is_ensemble_config"]
 
@@ -91,8 +91,10 @@ def build_ensemble(members: list[str | Path], out: str | Path, data: str | Path,
                                                                for _, m in loaded) + time.time() - t0, 1),
                                      "ensemble_seconds": round(time.time() - t0, 1)},
                          "data": data_summary(table)},
-            "metrics": {"test": metrics}}
-    return save_checkpoint(net, out, meta)
+            "metrics": {"test": json_safe(metrics)}}
+    folder = save_checkpoint(net, out, meta)
+    finish_folder(folder)
+    return folder
 
 
 _RUN_ONLY = ("out", "progress", "num_workers", "cache_dir")  # settings that do not change the model
@@ -155,4 +157,5 @@ def train_ensemble(path: str | Path, overrides: dict | None = None) -> Path:
     cfg = load_config(path.parent / raw["base"], overrides)
     folder = build_ensemble(folders, out, cfg.data, flip=bool(raw.get("flip", True)), progress=cfg.progress)
     (folder / "config.yaml").write_text(yaml.safe_dump({**raw, "out": str(out), "overrides": overrides}, sort_keys=False))
+    finish_folder(folder)
     return folder

@@ -40,6 +40,7 @@ __all__ = ["pixel_features", "tune_trunk"]
 logger = logging.getLogger(__name__)
 
 MAX_CLASS_WEIGHT = 10.0
+TUNE_STATE = "tune_state.pt"  # the resume state in the model folder, removed once the model is written
 
 
 def _normalize(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
@@ -104,7 +105,7 @@ def tune_trunk(trunk: Trunk, heads: torch.nn.Module, pixels: np.ndarray, y: np.n
             feats = torch.from_numpy(pixel_features(trunk, pixels_val, mean, std))
             return score_fn(heads(feats)["logits"].numpy(), y_val)
 
-    state_path = Path(cfg.out) / "tune_state.pt"
+    state_path = Path(cfg.out) / TUNE_STATE
     settings = {k: getattr(cfg, k) for k in ("tune_epochs", "tune_lr", "tune_size", "tune_batch", "seed")}
     settings["tuned_blocks"], settings["n_train"] = trunk.tuned_blocks, len(y)
     if state_path.is_file():  # resume an interrupted run from its last complete epoch
@@ -126,7 +127,7 @@ def tune_trunk(trunk: Trunk, heads: torch.nn.Module, pixels: np.ndarray, y: np.n
     for epoch in range(len(scores) - 1, cfg.tune_epochs):
         trunk.eval()  # batch-norm statistics frozen; drop connect off
         heads.train()
-        order = torch.randperm(len(y), generator=gen)
+        order, losses = torch.randperm(len(y), generator=gen), []
         for idx in tqdm(order.split(cfg.tune_batch), desc=f"tune epoch {epoch}", disable=not cfg.progress):
             sel = np.sort(idx.numpy())
             x = _normalize(augment_views(pixels_to_tensor(pixels[sel]), gen, cfg.tune_size), mean, std)  # (B, 3, S, S)
@@ -138,8 +139,10 @@ def tune_trunk(trunk: Trunk, heads: torch.nn.Module, pixels: np.ndarray, y: np.n
             loss.backward()
             opt.step()
             sched.step()
+            losses.append(loss.item())
         scores.append(validate())
-        logger.info("tune epoch %d val mean balanced accuracy %.4f (%.0f s)", epoch, scores[-1], time.time() - t0)
+        logger.info("tune epoch %d loss %.4f val mean balanced accuracy %.4f (%.0f s)", epoch, np.mean(losses),
+                    scores[-1], time.time() - t0)
         if scores[-1] > max(scores[:-1]):
             best_epoch, best_state = epoch, copy.deepcopy((trunk.tuned_state(), heads.state_dict()))
         state_path.parent.mkdir(parents=True, exist_ok=True)

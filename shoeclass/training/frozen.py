@@ -96,18 +96,20 @@ def fit_heads(heads: torch.nn.Module, x: np.ndarray, y: np.ndarray, w: np.ndarra
     best, best_state, best_epoch, bad = -1.0, None, -1, 0
     for epoch in range(cfg.epochs):
         heads.train()
+        losses = []
         for idx in torch.randperm(len(xt)).split(cfg.batch_size):
             loss = heads_loss(heads(xt[idx]), yt[idx], cw, wt[idx], None if gt is None else gt[idx],
                               None if st is None else st[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            losses.append(loss.item())
             if ema is not None:
                 ema.update_parameters(heads)
         sched.step()
         current = ema.module if ema is not None else heads
         score = val_score(predict_logits(current, x_val), y_val)
-        logger.info("epoch %d val mean balanced accuracy %.4f", epoch, score)
+        logger.info("heads epoch %d loss %.4f val mean balanced accuracy %.4f", epoch, np.mean(losses), score)
         if score > best:
             best, best_state, best_epoch, bad = score, copy.deepcopy(current.state_dict()), epoch, 0
         else:

@@ -29,6 +29,8 @@ __all__ = ["train_lenet"]
 
 logger = logging.getLogger(__name__)
 
+TRAIN_STATE = "train_state.pt"  # the resume state in the model folder, removed once the model is written
+
 
 def _predict(model: torch.nn.Module, pixels: np.ndarray, mean, std, batch: int = 256) -> np.ndarray:
     """Logits (N, 14) from cached 112-pixel inputs."""
@@ -63,7 +65,7 @@ def train_lenet(cfg: TrainConfig, splits: dict[str, LabelTable]) -> tuple[torch.
     y = torch.from_numpy(splits["train"].y)
     cw = torch.from_numpy(class_weights(splits["train"].y, cfg.balance))
     gen = torch.Generator().manual_seed(cfg.seed)
-    state_path = Path(cfg.out) / "train_state.pt"
+    state_path = Path(cfg.out) / TRAIN_STATE
     start, best, best_state, bad, history = 0, -1.0, None, 0, []
     if state_path.is_file():  # resume an interrupted run from its last complete epoch
         st = torch.load(state_path, map_location="cpu", weights_only=True)
@@ -82,7 +84,7 @@ def train_lenet(cfg: TrainConfig, splits: dict[str, LabelTable]) -> tuple[torch.
     t0 = time.time()
     for epoch in range(start, cfg.epochs):
         model.train()
-        order = torch.randperm(len(y), generator=gen)
+        order, losses = torch.randperm(len(y), generator=gen), []
         for idx in tqdm(order.split(cfg.batch_size), desc=f"lenet epoch {epoch}", disable=not cfg.progress):
             sel = np.sort(idx.numpy())
             x = augment_views(pixels_to_tensor(pix["train"][sel]), gen, pix["train"].shape[1])
@@ -93,9 +95,10 @@ def train_lenet(cfg: TrainConfig, splits: dict[str, LabelTable]) -> tuple[torch.
             loss.backward()
             opt.step()
             sched.step()
+            losses.append(loss.item())
         score = val_score(_predict(model, pix["val"], mean, std), splits["val"].y)
         history.append({"epoch": epoch, "val_mean_balanced_accuracy": score, "seconds": round(time.time() - t0, 1)})
-        logger.info("lenet epoch %d val mean balanced accuracy %.4f", epoch, score)
+        logger.info("lenet epoch %d loss %.4f val mean balanced accuracy %.4f", epoch, np.mean(losses), score)
         if score > best:
             best, best_state, bad = score, copy.deepcopy(model.state_dict()), 0
         else:

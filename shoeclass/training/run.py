@@ -24,12 +24,13 @@ from ..checkpoint import save_checkpoint
 from ..data import preprocess_config
 from ..decision import DecisionLayer, prior_thresholds, tune_thresholds
 from ..labels import LabelTable, read_labels
-from ..metrics import evaluate_probs, expected_calibration_error
+from ..metrics import evaluate_probs, expected_calibration_error, json_safe
 from .config import TrainConfig, plain
+from .finetune import TUNE_STATE
 from .frozen import train_frozen
-from .lenet import train_lenet
+from .lenet import TRAIN_STATE, train_lenet
 
-__all__ = ["train", "data_summary"]
+__all__ = ["train", "data_summary", "finish_folder"]
 
 logger = logging.getLogger(__name__)
 
@@ -69,8 +70,19 @@ def train(cfg: TrainConfig) -> Path:
     meta = {"backbone": cfg.model.backbone, "trunk": trunk_info, "preprocessing": preprocess_config(cfg.model.backbone),
             "decision": decision.to_dict(),
             "training": {"config": plain(asdict(cfg)), "history": history, "data": data_summary(table)},
-            "metrics": {"test": metrics}}
+            "metrics": {"test": json_safe(metrics)}}
     folder = save_checkpoint(model, cfg.out, meta)
     (Path(cfg.out) / "config.yaml").write_text(yaml.safe_dump(plain(asdict(cfg)), sort_keys=False))
+    finish_folder(folder)
     logger.info("model written to %s", folder)
     return folder
+
+
+def finish_folder(folder: Path) -> None:
+    """A finished model folder: readable by everyone (a model is shared, served by another user),
+    and without the resume states of its training (``tune_state.pt`` is 72 MB for lite0)."""
+    for name in (TUNE_STATE, TRAIN_STATE):
+        (folder / name).unlink(missing_ok=True)
+    for path in folder.iterdir():
+        if path.is_file():
+            path.chmod(0o644)
