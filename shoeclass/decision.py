@@ -67,8 +67,9 @@ class DecisionLayer:
         return w
 
     def fuse(self, probs: np.ndarray, suitability: np.ndarray | None = None) -> np.ndarray:
-        """(M, 14) -> (14,) item probabilities."""
-        if self.fusion is None:
+        """(M, 14) -> (14,) item probabilities; one photo is its own answer (the thresholds were
+        tuned on single photos), so ``classify`` and ``evaluate`` say the same of it."""
+        if self.fusion is None or len(probs) == 1:
             return probs.mean(0)
         return self.fusion.fuse(probs, self.weights(suitability))
 

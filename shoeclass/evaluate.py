@@ -8,34 +8,20 @@ import numpy as np
 
 from .api import Classifier
 from .data import table_outputs
-from .decision import DecisionLayer
 from .labels import LabelTable, read_labels
 from .metrics import evaluate_probs, expected_calibration_error
 
-__all__ = ["predict_table", "lone_items", "evaluate", "to_markdown", "save_plots"]
+__all__ = ["predict_table", "evaluate", "to_markdown", "save_plots"]
 
 logger = logging.getLogger(__name__)
 
 
 def predict_table(clf: Classifier, table: LabelTable, batch_size: int = 64, num_workers: int = 1,
                   progress: bool = True) -> np.ndarray:
-    """(N, 14) probabilities of every photo of a table, each photo as ``classify`` returns it when
-    it is an item's only photo (fused with its suitability), so that ``evaluate`` measures the
-    yes/no ``classify`` gives."""
-    def run(x):
-        out = clf.predict_tensors(x)
-        return {"probs": lone_items(clf.decision, out["probs"], out.get("suitability")).astype(np.float32)}
-
-    return table_outputs(run, table, clf.preset, batch_size, num_workers, progress)["probs"]
-
-
-def lone_items(decision: DecisionLayer, probs: np.ndarray, suitability: np.ndarray | None) -> np.ndarray:
-    """(N, 14) item probabilities of N one-photo items from their (N, 14) photo probabilities:
-    what ``DecisionLayer.item`` gives each photo alone, for all of them at once."""
-    if decision.fusion is None:
-        return probs  # the mean of one photo
-    w = decision.weights(suitability)
-    return decision.fusion.fuse_items(probs[:, None], None if w is None else w[:, None])
+    """(N, 14) probabilities of every photo of a table: what ``classify`` returns for each photo
+    as an item of its own (``DecisionLayer.fuse``: one photo is its own answer)."""
+    return table_outputs(lambda x: {"probs": clf.predict_tensors(x)["probs"].astype(np.float32)}, table, clf.preset,
+                         batch_size, num_workers, progress)["probs"]
 
 
 def evaluate(data: str | Path, model: str | Path | None = None, split: str = "test",
