@@ -23,6 +23,7 @@ from shoeclass.decision import tune_thresholds
 from shoeclass.evaluate import predict_table
 from shoeclass.labels import read_labels
 from shoeclass.metrics import attribute_metrics, majority_baseline, summarize
+from shoeclass.result import decisions
 from shoeclass.training import is_ensemble_config, load_config, train, train_ensemble
 
 TRANSFER = ("efficientnet_lite0", "efficientnet_lite2", "vgg16", "vgg19")
@@ -65,7 +66,7 @@ def tradeoff(clf: Classifier, labels, test, pt: np.ndarray) -> dict:
     print("\nthreshold trade-off (test split, same probabilities):\n")
     print("| thresholds | mean accuracy | mean balanced accuracy |\n|---|---|---|")
     for name, thr in rows.items():
-        s = summarize(attribute_metrics(pt, test.y, thresholds=thr))
+        s = summarize(attribute_metrics(pt, test.y, thresholds=thr, pred=decisions(pt, thr)))
         out[name] = {"mean_accuracy": s["mean_accuracy"], "mean_balanced_accuracy": s["mean_balanced_accuracy"]}
         print(f"| {name} | {s['mean_accuracy']:.4f} | {s['mean_balanced_accuracy']:.4f} |")
     return out
@@ -105,8 +106,9 @@ def main() -> None:
                          "eval_seconds": round(eval_s, 1)}
         print(f"\n## {name}  (decision thresholds tuned on val: {np.round(clf.thresholds, 2).tolist()})")
         print(f"(training wall time {wall:.0f} s; test evaluation {eval_s:.0f} s for {len(test)} photos)")
+        pred = decisions(probs, clf.thresholds)  # the yes/no classify gives each photo
         for g, sel in groups.items():
-            per = attribute_metrics(probs[sel], test.y[sel], thresholds=clf.thresholds)
+            per = attribute_metrics(probs[sel], test.y[sel], thresholds=clf.thresholds, pred=pred[sel])
             base = attribute_metrics(majority_baseline(y_train, test.y[sel]), test.y[sel])
             s, sb = summarize(per), summarize(base)
             results[name][g] = {"summary": s, "majority": sb, "per_attribute": per}
