@@ -32,6 +32,17 @@ _VALUES = {"0": 0.0, "1": 1.0, "0.5": 0.5}  # the spellings of shared/data; othe
 _ALLOWED = "0 (absent), 0.5 (unknown) or 1 (present)"
 
 
+CATALOGUE_SOURCES = ("attrdisc", "zappos3", "myntra")  # studio photos, mostly one shoe on white
+WILD_SOURCES = ("street", "worn")  # photos in the wild: shoes on feet, street crops
+
+
+def photo_kinds(table: "LabelTable") -> dict[str, np.ndarray]:
+    """The evaluation protocol's three kinds of photo as row masks (shared/spec/evaluation.md):
+    catalogue, ``worn`` (shoes on feet) and ``street`` (crops of street photos)."""
+    return {"catalogue": np.isin(table.source, CATALOGUE_SOURCES), "worn": table.source == "worn",
+            "street": table.source == "street"}
+
+
 class LabelsError(ValueError):
     """A labels.csv that cannot be trained on: names the file, line and column.
 

@@ -8,7 +8,7 @@ import os
 
 import torch
 
-__all__ = ["cpu_has_bf16", "autocast", "configure_threads", "prepare_for_inference"]
+__all__ = ["cpu_has_bf16", "autocast", "configure_threads", "prepare_for_inference", "default_device"]
 
 logger = logging.getLogger(__name__)
 
@@ -24,10 +24,17 @@ def cpu_has_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def autocast(bf16: bool | None = None) -> contextlib.AbstractContextManager:
-    """bf16 autocast on the CPU when ``bf16`` is True, or when None and the CPU supports it."""
-    enabled = cpu_has_bf16() if bf16 is None else bf16
-    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=enabled)
+def default_device() -> torch.device:
+    """CUDA when a GPU is present, else the CPU: training and batch work use it unchanged."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def autocast(bf16: bool | None = None, device: torch.device | str = "cpu") -> contextlib.AbstractContextManager:
+    """bf16 autocast on ``device``: on the CPU when ``bf16`` is True, or when None and the CPU
+    supports it; on CUDA unless ``bf16`` is False."""
+    kind = torch.device(device).type
+    enabled = (cpu_has_bf16() if kind == "cpu" else True) if bf16 is None else bf16
+    return torch.autocast(kind, dtype=torch.bfloat16, enabled=enabled)
 
 
 def configure_threads(n: int | None = None) -> int:

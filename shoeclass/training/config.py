@@ -38,6 +38,7 @@ class TrainConfig:
     tune_lr: float = 5e-5  # its peak learning rate (one-cycle schedule; 1e-4 measured worse)
     tune_size: int = 160  # its training resolution (inference stays at 224)
     tune_batch: int = 64
+    wild_aug: float = 0.0  # fine-tuning: share of catalogue photos made street-like (pixels.wild_views)
     seed: int = 0
     cache_dir: str = ".cache/features"
     progress: bool = True

@@ -32,7 +32,7 @@ from .config import load_config
 from .frozen import FUSION_VIEWS, fit_decision
 from .run import data_summary, finish_folder, train
 
-__all__ = ["build_ensemble", "train_ensemble", "is_ensemble_config"]
+__all__ = ["build_ensemble", "fit_ensemble", "ensemble_outputs", "train_ensemble", "is_ensemble_config"]
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +55,6 @@ def build_ensemble(members: list[str | Path], out: str | Path, data: str | Path,
         CheckpointError: members that cannot be combined (other backbones, tuned blocks, trunk
             weights or attribute clusters), naming the folders.
     """
-    t0 = time.time()
     loaded = [load_checkpoint(m) for m in members]
     first = loaded[0][1]
     for path, (_, meta) in zip(members, loaded):
@@ -69,28 +68,60 @@ def build_ensemble(members: list[str | Path], out: str | Path, data: str | Path,
         net = prepare_for_inference(EnsembleNet([m for m, _ in loaded], flip))
     except ValueError as exc:
         raise CheckpointError(f"{[str(m) for m in members]}: {exc}") from exc
+    training = {"ensemble_of": [{"path": str(p), "sha256": m["sha256"], "config": m["training"]["config"],
+                                 "wall_seconds": m["training"]["history"].get("wall_seconds")}
+                                for p, (_, m) in zip(members, loaded)],
+                "history": {"wall_seconds": round(sum(m["training"]["history"].get("wall_seconds") or 0
+                                                      for _, m in loaded), 1)}}
+    return fit_ensemble(net, first, training, data, out, progress=progress)
+
+
+def ensemble_outputs(net: EnsembleNet, table: LabelTable, backbone: str, progress: bool = True,
+                     view_rows: np.ndarray | None = None, test: bool = True) -> dict:
+    """What the decision layer is fitted and measured on: the ensemble's outputs for the validation
+    photos (``val``), for ``FUSION_VIEWS`` augmented views of them (``val_views``; of the
+    validation rows ``view_rows`` only, when given: simulated items cost a pass each) and for the
+    test photos (``test``, when the table has a test split and ``test`` is set)."""
+    va, te = (table.subset(table.split == s) for s in ("val", "test"))
+    vv = va if view_rows is None else va.subset(np.isin(np.arange(len(va)), view_rows))
+    out = {"val": _outputs(net, va, EvalPreset(backbone), progress),
+           "val_views": [_outputs(net, vv, TrainPreset(backbone, seed=100 + v), progress) for v in range(FUSION_VIEWS)]}
+    if view_rows is not None:
+        out["view_rows"] = np.asarray(view_rows)
+    if len(te) and test:
+        out["test"] = _outputs(net, te, EvalPreset(backbone), progress)
+    return out
+
+
+def fit_ensemble(net: EnsembleNet, first: dict, training: dict, data: str | Path, out: str | Path,
+                 outputs: dict | None = None, progress: bool = True) -> Path:
+    """Fit one decision layer for ``net`` on the validation split of ``data``, measure it on the
+    test split and write the ensemble model folder.
+
+    Args:
+        net: the ensemble. first: the model card of its first member (backbone, trunk, clusters,
+            training balance). training: what the card's ``training`` section records.
+        outputs: :func:`ensemble_outputs` already computed for this net and data (else computed).
+    """
+    t0 = time.time()
     table = read_labels(data, require_splits=("train", "val"))
     tr, va, te = (table.subset(table.split == s) for s in ("train", "val", "test"))
     backbone = first["backbone"]
-    out_val = _outputs(net, va, EvalPreset(backbone), progress)
-    val_views = [_outputs(net, va, TrainPreset(backbone, seed=100 + v), progress) for v in range(FUSION_VIEWS)]
+    outputs = outputs or ensemble_outputs(net, table, backbone, progress)
     clusters = AttributeClusters.from_dict(first["decision"]["clusters"])  # the same in every member
-    decision = fit_decision(out_val, val_views, va.y, tr.y, first["training"]["config"]["balance"], clusters)
+    decision = fit_decision(outputs["val"], outputs["val_views"], va.y, tr.y,
+                            first["training"]["config"]["balance"], clusters, outputs.get("view_rows"))
     metrics = {}
-    if len(te):
-        out_test = _outputs(net, te, EvalPreset(backbone), progress)
-        probs = decision.photo_probs(out_test["logits"], out_test["gate"])
+    if "test" in outputs:
+        probs = decision.photo_probs(outputs["test"]["logits"], outputs["test"]["gate"])
         metrics = evaluate_probs(probs, te, decision.thresholds)
         metrics["ece"] = expected_calibration_error(probs, te.y)
+    history = dict(training.get("history", {}))
+    history["ensemble_seconds"] = round(time.time() - t0, 1)
+    history["wall_seconds"] = round((history.get("wall_seconds") or 0) + history["ensemble_seconds"], 1)
     meta = {"backbone": backbone, "trunk": first["trunk"], "preprocessing": preprocess_config(backbone),
             "decision": decision.to_dict(),
-            "training": {"ensemble_of": [{"path": str(p), "sha256": m["sha256"], "config": m["training"]["config"],
-                                          "wall_seconds": m["training"]["history"].get("wall_seconds")}
-                                         for p, (_, m) in zip(members, loaded)],
-                         "history": {"wall_seconds": round(sum(m["training"]["history"].get("wall_seconds") or 0
-                                                               for _, m in loaded) + time.time() - t0, 1),
-                                     "ensemble_seconds": round(time.time() - t0, 1)},
-                         "data": data_summary(table)},
+            "training": {**training, "history": history, "data": data_summary(table)},
             "metrics": {"test": json_safe(metrics)}}
     folder = save_checkpoint(net, out, meta)
     finish_folder(folder)

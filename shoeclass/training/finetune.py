@@ -29,10 +29,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..attributes import HEIGHT_KEYS, MASK, OUTPUT_KEYS
 from ..labels import class_weights
 from ..models import Trunk
-from ..runtime import autocast
-from .augment import augment_views
+from ..runtime import autocast, default_device
+from .augment import augment_views, wild_views
 from .pixels import pixels_to_tensor
 
 __all__ = ["pixel_features", "tune_trunk"]
@@ -41,27 +42,34 @@ logger = logging.getLogger(__name__)
 
 MAX_CLASS_WEIGHT = 10.0
 TUNE_STATE = "tune_state.pt"  # the resume state in the model folder, removed once the model is written
+HEIGHTS = [OUTPUT_KEYS.index(k) for k in HEIGHT_KEYS]
 
 
 def _normalize(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
     return ((x - mean) / std).contiguous(memory_format=torch.channels_last)
 
 
-def pixel_features(trunk: Trunk, pixels: np.ndarray, mean: torch.Tensor, std: torch.Tensor,
+def pixel_features(trunk: Trunk, pixels: np.ndarray | torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
                    batch: int = 128, progress: bool = False) -> np.ndarray:
     """(N, D) float32 pooled trunk features (eval mode, bf16 where supported) of cached
-    (N, H, W, 3) uint8 pixels; ``mean``/``std`` are the backbone's (1, 3, 1, 1) normalisation."""
+    (N, H, W, 3) uint8 pixels, computed on the trunk's device; ``mean``/``std`` are the
+    backbone's (1, 3, 1, 1) normalisation."""
     trunk.eval()
+    dev = next(trunk.parameters()).device
+    mean, std = mean.to(dev), std.to(dev)
     out = np.empty((len(pixels), trunk.dim), dtype=np.float32)
-    with torch.inference_mode(), autocast():
+    with torch.inference_mode(), autocast(device=dev):
         for i in tqdm(range(0, len(pixels), batch), desc="features", disable=not progress):
-            out[i:i + batch] = trunk(_normalize(pixels_to_tensor(pixels[i:i + batch]), mean, std)).float().numpy()
+            x = _normalize(pixels_to_tensor(pixels[i:i + batch], dev), mean, std)
+            out[i:i + batch] = trunk(x).float().cpu().numpy()
     return out
 
 
 def tune_trunk(trunk: Trunk, heads: torch.nn.Module, pixels: np.ndarray, y: np.ndarray, w: np.ndarray,
                pixels_val: np.ndarray, y_val: np.ndarray, cfg, *, mean: torch.Tensor, std: torch.Tensor,
-               gate: np.ndarray | None = None, suit: np.ndarray | None = None, loss_fn, score_fn) -> dict:
+               gate: np.ndarray | None = None, suit: np.ndarray | None = None, loss_fn, score_fn,
+               wild: np.ndarray | None = None, backgrounds: np.ndarray | torch.Tensor | None = None,
+               device: torch.device | str | None = None) -> dict:
     """Retrain ``trunk``'s tail and ``heads`` together on augmented photos, in place; keeps the
     epoch best on validation (the starting point, epoch -1, included).
 
@@ -74,12 +82,25 @@ def tune_trunk(trunk: Trunk, heads: torch.nn.Module, pixels: np.ndarray, y: np.n
             ``balance``, ``weight_decay``, ``seed``, ``out``, ``progress``).
         mean, std: the backbone's (1, 3, 1, 1) normalisation.
         loss_fn: ``frozen.heads_loss``; score_fn: (val logits, y_val) -> score to maximise.
+        wild: (N,) bool, the photos that :func:`augment.wild_views` may turn into street-like
+            photos (catalogue photos), each with probability ``cfg.wild_aug``; a photo whose shaft
+            top it hides has its height labels masked and is marked unsuitable for them.
+        backgrounds: (K, H, W, 3) uint8 in-the-wild photos, the scenes pasted behind them.
+        device: where to train (default: CUDA when present, else the CPU); ``pixels`` may be a
+            uint8 tensor already there.
 
     Returns:
         A history dict (epochs run, best epoch, validation score per epoch, seconds).
     """
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
+    dev = torch.device(device) if device is not None else default_device()
+    trunk.to(dev)
+    heads.to(dev)
+    mean, std = mean.to(dev), std.to(dev)
+    wild_p = getattr(cfg, "wild_aug", 0.0) if wild is not None and backgrounds is not None else 0.0
+    if wild_p:
+        bg = pixels_to_tensor(backgrounds, dev)  # (K, 3, H, W) scenes
     tail_params = [p for m in trunk.tail_modules() for p in m.parameters()]
     trunk.requires_grad_(False)
     for p in tail_params:
@@ -94,26 +115,27 @@ def tune_trunk(trunk: Trunk, heads: torch.nn.Module, pixels: np.ndarray, y: np.n
     # Class weights capped: a rare output's few positives (weights of several hundred) would
     # otherwise steer the whole trunk. The heads keep the prior of their uncapped first training
     # (measured on validation), so the decision layer's priors stay those (frozen.py).
-    cw = torch.from_numpy(class_weights(y, cfg.balance, MAX_CLASS_WEIGHT))
-    yt, wt = torch.from_numpy(y), torch.from_numpy(w)
-    gt = torch.from_numpy(gate) if gate is not None else None
-    st = torch.from_numpy(suit) if suit is not None else None
+    cw = torch.from_numpy(class_weights(y, cfg.balance, MAX_CLASS_WEIGHT)).to(dev)
+    yt, wt = torch.from_numpy(y).to(dev), torch.from_numpy(w).to(dev)
+    gt = torch.from_numpy(gate).to(dev) if gate is not None else None
+    st = torch.from_numpy(suit).to(dev) if suit is not None else None
+    wild_t = torch.from_numpy(np.asarray(wild, bool)) if wild_p else None
 
     def validate() -> float:
         heads.eval()
         with torch.inference_mode():
-            feats = torch.from_numpy(pixel_features(trunk, pixels_val, mean, std))
-            return score_fn(heads(feats)["logits"].numpy(), y_val)
+            feats = torch.from_numpy(pixel_features(trunk, pixels_val, mean, std)).to(dev)
+            return score_fn(heads(feats)["logits"].float().cpu().numpy(), y_val)
 
     state_path = Path(cfg.out) / TUNE_STATE
     settings = {k: getattr(cfg, k) for k in ("tune_epochs", "tune_lr", "tune_size", "tune_batch", "seed")}
-    settings["tuned_blocks"], settings["n_train"] = trunk.tuned_blocks, len(y)
+    settings["tuned_blocks"], settings["n_train"], settings["wild_aug"] = trunk.tuned_blocks, len(y), wild_p
     if state_path.is_file():  # resume an interrupted run from its last complete epoch
         s = torch.load(state_path, map_location="cpu", weights_only=True)
         if s.get("settings") != settings:
             raise ValueError(f"{state_path} was written by a run with other settings ({s.get('settings')}); "
                              "delete it to start afresh or train into another out folder")
-        trunk.load_state_dict(s["trunk"], strict=False)
+        trunk.load_state_dict({k: v.to(dev) for k, v in s["trunk"].items()}, strict=False)
         heads.load_state_dict(s["heads"])
         opt.load_state_dict(s["optimizer"])
         sched.load_state_dict(s["scheduler"])
@@ -130,11 +152,25 @@ def tune_trunk(trunk: Trunk, heads: torch.nn.Module, pixels: np.ndarray, y: np.n
         order, losses = torch.randperm(len(y), generator=gen), []
         for idx in tqdm(order.split(cfg.tune_batch), desc=f"tune epoch {epoch}", disable=not cfg.progress):
             sel = np.sort(idx.numpy())
-            x = _normalize(augment_views(pixels_to_tensor(pixels[sel]), gen, cfg.tune_size), mean, std)  # (B, 3, S, S)
-            with torch.no_grad(), autocast():  # the frozen blocks: bf16 is 5× faster here; the tail trains in fp32
+            x = pixels_to_tensor(pixels[sel], dev)  # (B, 3, 224, 224) in [0, 1]
+            yb, sb = yt[sel], None if st is None else st[sel]
+            if wild_p:  # catalogue photos made street-like; a hidden shaft top masks the heights
+                pick = (wild_t[sel] & (torch.rand(len(sel), generator=gen) < wild_p)).to(dev)
+                if pick.any():
+                    views, hidden = wild_views(x[pick], bg, gen)
+                    x = x.clone()
+                    x[pick] = views
+                    rows = pick.nonzero()[:, 0][hidden]
+                    yb = yb.clone()
+                    yb[rows[:, None], torch.tensor(HEIGHTS, device=dev)] = MASK
+                    if sb is not None:
+                        sb = sb.clone()
+                        sb[rows[:, None], torch.tensor(HEIGHTS, device=dev)] = 0.0
+            x = _normalize(augment_views(x, gen, cfg.tune_size), mean, std)  # (B, 3, S, S)
+            with torch.no_grad(), autocast(device=dev):  # the frozen blocks: bf16 is 5× faster here; the tail trains in fp32
                 x = trunk.stem(x).float()
             out = heads(trunk.tail(x))
-            loss = loss_fn(out, yt[sel], cw, wt[sel], None if gt is None else gt[sel], None if st is None else st[sel])
+            loss = loss_fn(out, yb, cw, wt[sel], None if gt is None else gt[sel], sb)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -154,6 +190,7 @@ def tune_trunk(trunk: Trunk, heads: torch.nn.Module, pixels: np.ndarray, y: np.n
         tmp.replace(state_path)  # the previous complete epoch stays loadable until this one is written
     trunk.load_state_dict(best_state[0], strict=False)
     heads.load_state_dict(best_state[1])
-    trunk.requires_grad_(False).eval()
+    trunk.requires_grad_(False).eval().cpu()
+    heads.cpu()
     return {"epochs_run": cfg.tune_epochs, "best_epoch": best_epoch, "val_scores": [round(v, 4) for v in scores],
             "val_mean_balanced_accuracy": max(scores), "seconds": round(time.time() - t0, 1)}

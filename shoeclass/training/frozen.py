@@ -198,7 +198,8 @@ def train_frozen(cfg: TrainConfig, table: LabelTable):
 
 
 def fit_decision(out_val: dict[str, np.ndarray], val_views: list[dict[str, np.ndarray]], y_val: np.ndarray,
-                 y_train: np.ndarray, balance: float, clusters: AttributeClusters) -> DecisionLayer:
+                 y_train: np.ndarray, balance: float, clusters: AttributeClusters,
+                 view_rows: np.ndarray | None = None) -> DecisionLayer:
     """The decision layer fitted on validation: temperatures of the heads and of the cluster gate,
     the cluster pull, the thresholds, and the fusion fitted on simulated multi-photo items.
 
@@ -207,6 +208,7 @@ def fit_decision(out_val: dict[str, np.ndarray], val_views: list[dict[str, np.nd
         val_views: the same for ``FUSION_VIEWS`` augmented views of each validation photo.
         y_val, y_train: (N, 14) labels of the validation and training photos.
         balance: the class reweighting the heads were trained with.
+        view_rows: the validation rows ``val_views`` cover (default: all).
     """
     decision = DecisionLayer(TemperatureScaling().fit(out_val["logits"], y_val), clusters,
                              SoftmaxTemperature().fit(out_val["gate"], gate_targets(clusters, y_val)))
@@ -218,7 +220,8 @@ def fit_decision(out_val: dict[str, np.ndarray], val_views: list[dict[str, np.nd
     decision.thresholds = tune_thresholds(decision.photo_probs(out_val["logits"], out_val["gate"]), y_val, fallback)
     vp = np.stack([decision.photo_probs(o["logits"], o["gate"]) for o in val_views], 1)  # (N, M, 14)
     vw = np.stack([decision.weights(expit(o["suitability"])) for o in val_views], 1)
-    decision.fusion = BayesianFusion(priors=effective_prior(y_train, balance)).fit(vp, y_val, vw)
+    y_views = y_val if view_rows is None else y_val[view_rows]
+    decision.fusion = BayesianFusion(priors=effective_prior(y_train, balance)).fit(vp, y_views, vw)
     return decision
 
 

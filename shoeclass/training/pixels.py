@@ -52,6 +52,8 @@ def pixel_cache(table: LabelTable, preset: EvalPreset, cache_dir: str | Path, pr
     return np.load(path, mmap_mode="r")
 
 
-def pixels_to_tensor(pixels: np.ndarray) -> torch.Tensor:
-    """(B, H, W, 3) uint8 rows of a pixel cache -> (B, 3, H, W) float in [0, 1]."""
-    return torch.from_numpy(np.array(pixels)).permute(0, 3, 1, 2).float() / 255.0
+def pixels_to_tensor(pixels: np.ndarray | torch.Tensor, device: torch.device | str = "cpu") -> torch.Tensor:
+    """(B, H, W, 3) uint8 rows of a pixel cache (an array, or a tensor already on ``device``) ->
+    (B, 3, H, W) float in [0, 1] on ``device``."""
+    t = pixels if isinstance(pixels, torch.Tensor) else torch.from_numpy(np.array(pixels))
+    return t.to(device, non_blocking=True).permute(0, 3, 1, 2).float() / 255.0
