@@ -15,16 +15,18 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .api import Classifier, classify_images
     from .attributes import ATTRIBUTE_KEYS, ATTRIBUTES, OUTPUT_KEYS
+    from .facts import FACTS, DeclaredFacts
     from .images import ImageError
     from .result import ItemResult, PhotoResult
+    from .tariff import classify_code
 
-__all__ = ["classify_images", "Classifier", "ItemResult", "PhotoResult", "ImageError",
-           "ATTRIBUTES", "ATTRIBUTE_KEYS", "OUTPUT_KEYS"]
+__all__ = ["classify_images", "classify_code", "DeclaredFacts", "FACTS", "Classifier", "ItemResult",
+           "PhotoResult", "ImageError", "ATTRIBUTES", "ATTRIBUTE_KEYS", "OUTPUT_KEYS"]
 __version__ = "0.1.0"
 
 _HOME = {"classify_images": "api", "Classifier": "api", "ItemResult": "result", "PhotoResult": "result",
          "ImageError": "images", "ATTRIBUTES": "attributes", "ATTRIBUTE_KEYS": "attributes",
-         "OUTPUT_KEYS": "attributes"}
+         "OUTPUT_KEYS": "attributes", "classify_code": "tariff", "DeclaredFacts": "facts", "FACTS": "facts"}
 
 
 def __getattr__(name: str) -> Any:

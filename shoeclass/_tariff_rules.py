@@ -1,9 +1,11 @@
-"""Loading and evaluating the chapter-64 rule tree of ``configs/tariff_ch64.yaml``.
+"""Loading, checking and evaluating the chapter-64 rule tree of ``configs/tariff_ch64.yaml``.
 
 Private helper of :mod:`shoeclass.tariff`. The YAML holds the TN VED tree as data; this module
-turns it into :class:`Node` objects, gives every rule variable a probability distribution (from
-declared facts, visual attributes or a uniform split) and computes the exact probability of each
-10-digit leaf under "first matching sibling wins" (GRI 1 and 6).
+checks it against a strict schema (an unknown key, operator, variable, value or note is refused
+with the file, the path inside it and the key), turns it into :class:`Node` objects, gives every
+rule variable a probability distribution (a declared fact, a per-item prior passed in, the photo's
+attributes, or the prior the rules file gives) and computes the exact probability of each 10-digit
+leaf under "first matching sibling wins" (GRI 1 and 6).
 
 Exactness: the walk branches on a variable only when a condition needs it and memoises every
 sibling group on the values of the variables that group can still test, so the cost stays close
@@ -14,11 +16,16 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from dataclasses import field as dc_field
 from pathlib import Path
 from typing import Any, Mapping
 
 import yaml
+from pydantic import ValidationError
+
+from ._tariff_schema import CaseSpec, NodeSpec, RulesError, RulesSpec, VariableSpec, schema_error
+from .attributes import OUTPUT_KEYS
 
 from .assets import asset
 
@@ -30,6 +37,7 @@ Value = str | bool
 Condition = Mapping[str, Any]  # variable -> allowed values; optional "any_of": [Condition, ...]
 
 
+# ------------------------------------------------------------------------------ parsed rules
 @dataclass(frozen=True)
 class Variable:
     """One variable a condition can test, and where its distribution comes from."""
@@ -40,32 +48,50 @@ class Variable:
     attribute: str | None = None
     attributes: tuple[str, ...] = ()
     absent_value: Value | None = None
-    cases: tuple[Mapping[str, Any], ...] = ()
-    prior: Mapping[Value, float] | None = None  # p(value) when unstated and not seen in the photo
+    cases: tuple[CaseSpec, ...] = ()
+    map: Mapping[str, Value] = dc_field(default_factory=dict)
+    assumed_map: Mapping[str, str] = dc_field(default_factory=dict)
+    prior: Mapping[Value, float] | None = None  # normalised
+    seen_prior: tuple[str, Mapping[Value, float]] | None = None  # (attribute, normalised prior)
 
     def from_fact(self, fact: Any) -> Value:
         """Maps a stated fact (already validated) to one of ``values``."""
-        if not self.cases:
-            return fact
-        for case in self.cases:
-            if "gt" in case and not fact > case["gt"]:
-                continue
-            if "ge" in case and not fact >= case["ge"]:
-                continue
-            return case["value"]
-        raise ValueError(f"rules: variable {self.name!r} has no case for {fact!r}")
+        if self.cases:
+            for case in self.cases:
+                if case.gt is not None and not fact > case.gt:
+                    continue
+                if case.ge is not None and not fact >= case.ge:
+                    continue
+                return case.value
+            raise ValueError(f"rules: variable {self.name!r} has no case for {fact!r}")
+        return self.map.get(fact, fact) if isinstance(fact, str) else fact
 
-    def distribution(self, probs: Mapping[str, float], facts: Mapping[str, Any]) -> dict[Value, float]:
-        """p(value) from the stated fact, else the attribute prior, else the variable's prior from
-        the rules file, else a uniform split."""
+    @property
+    def from_photo(self) -> bool:
+        return bool(self.attribute or self.attributes)
+
+    def distribution(self, probs: Mapping[str, float], facts: Mapping[str, Any],
+                     given: Mapping[str, Mapping[Any, float]] | None = None) -> dict[Value, float]:
+        """p(value) from the stated fact, else a per-item prior passed in (``given``), else the
+        photo's attributes, else the variable's prior from the rules file, else a uniform split."""
         if self.field is not None and facts.get(self.field) is not None:
             return {self.from_fact(facts[self.field]): 1.0}
-        if self.attributes:
+        if given and self.field in given:
+            out: dict[Value, float] = {}
+            for value, p in given[self.field].items():
+                key = self.from_fact(value)
+                out[key] = out.get(key, 0.0) + float(p)
+            return out
+        if self.attributes:  # ordered categorical: each step up is p(higher) : p(this level)
             raw = [float(probs[a]) for a in self.attributes]
-            total = sum(raw)
-            if total <= 0.0:
-                return {v: 1.0 / len(self.values) for v in self.values}
-            return {v: r / total for v, r in zip(self.values, raw)}
+            dist, reach = {}, 1.0
+            for i, value in enumerate(self.values[:-1]):
+                here, up = raw[i], max(raw[i + 1:])
+                stay = 0.5 if here + up <= 0.0 else here / (here + up)
+                dist[value] = reach * stay
+                reach *= 1.0 - stay
+            dist[self.values[-1]] = reach
+            return dist
         if self.attribute is not None:
             p = float(probs[self.attribute])
             if self.absent_value is None:  # boolean variable
@@ -75,9 +101,12 @@ class Variable:
             dist = {v: p * share[v] for v in others}
             dist[self.absent_value] = 1.0 - p
             return dist
-        if self.prior is not None:
-            return dict(self.prior)
-        return {v: 1.0 / len(self.values) for v in self.values}
+        dist = dict(self.prior) if self.prior is not None else {v: 1.0 / len(self.values) for v in self.values}
+        if self.seen_prior is not None:
+            attr, seen = self.seen_prior
+            p = float(probs[attr])
+            dist = {v: (1.0 - p) * q + p * seen.get(v, 0.0) for v, q in dist.items()}
+        return dist
 
 
 @dataclass(eq=False)
@@ -88,7 +117,8 @@ class Node:
     text: str
     when: Condition
     rules: tuple[str, ...]
-    children: list[Node] = field(default_factory=list)
+    assumed_when: Condition = dc_field(default_factory=dict)
+    children: list[Node] = dc_field(default_factory=list)
     parent: Node | None = None
     refs: frozenset[str] = frozenset()  # variables this node and its subtree can test
 
@@ -99,9 +129,11 @@ class Node:
 
 @dataclass
 class RuleSet:
-    """The parsed YAML: variables, quoted notes, tree and leaves in tariff order."""
+    """The parsed YAML: id and version, variables, quoted notes, tree and leaves in tariff order."""
 
     path: Path
+    id: str
+    version: str
     leaf_count: int
     variables: dict[str, Variable]
     notes: dict[str, str]
@@ -130,53 +162,98 @@ def _allowed(val: Any) -> tuple[Value, ...]:
     return tuple(val) if isinstance(val, list) else (val,)
 
 
-def _check_condition(cond: Condition, variables: Mapping[str, Variable], where: str) -> None:
+def _check_condition(cond: Any, variables: Mapping[str, Variable], where: str) -> None:
+    if not isinstance(cond, Mapping):
+        raise RulesError(f"{where}: a condition must be a mapping of variable -> value(s), got {cond!r}")
     for key, val in cond.items():
         if key == "any_of":
-            for sub in val:
-                _check_condition(sub, variables, where)
+            if not isinstance(val, list) or not val:
+                raise RulesError(f"{where}.any_of: must be a non-empty list of conditions")
+            for i, sub in enumerate(val):
+                _check_condition(sub, variables, f"{where}.any_of[{i}]")
             continue
         if key not in variables:
-            raise ValueError(f"rules: {where}: unknown variable {key!r}; allowed: {sorted(variables)}")
+            raise RulesError(f"{where}: unknown key {key!r} (not a variable nor 'any_of'; "
+                             f"variables: {sorted(variables)})")
+        if isinstance(val, Mapping):
+            raise RulesError(f"{where}.{key}: unknown operator(s) {sorted(val)}; a condition lists the "
+                             f"allowed value or values of the variable")
         bad = [v for v in _allowed(val) if v not in variables[key].values]
         if bad:
-            raise ValueError(f"rules: {where}: {key} cannot be {bad}; allowed: {list(variables[key].values)}")
+            raise RulesError(f"{where}.{key}: cannot be {bad}; allowed: {list(variables[key].values)}")
 
 
-def _parse_node(raw: Mapping[str, Any], parent: Node | None, variables: Mapping[str, Variable],
-                notes: Mapping[str, str]) -> Node:
-    code = _digits(raw["code"]) if "code" in raw else None
-    where = code or f"{raw.get('text', '?')!r} under {parent.code if parent else 'root'}"
-    when = raw.get("when") or {}
-    _check_condition(when, variables, where)
-    rules = tuple(raw.get("rules", ()))
-    for rule in rules:
+def _parse_node(raw: NodeSpec, parent: Node | None, variables: Mapping[str, Variable],
+                notes: Mapping[str, str], where: str) -> Node:
+    code = _digits(raw.code) if raw.code is not None else None
+    _check_condition(raw.when, variables, f"{where}.when")
+    _check_condition(raw.assumed_when, variables, f"{where}.assumed_when")
+    for rule in raw.rules:
         if rule not in notes:
-            raise ValueError(f"rules: {where}: unknown note {rule!r}")
-    node = Node(code=code, text=str(raw.get("text", "")), when=when, rules=rules, parent=parent)
-    node.children = [_parse_node(c, node, variables, notes) for c in raw.get("children", ())]
-    if code is not None and len(code) not in (4, 6, 10):
-        raise ValueError(f"rules: code {code!r} must have 4, 6 or 10 digits")
+            raise RulesError(f"{where}.rules: unknown note {rule!r}; notes: {sorted(notes)}")
+    node = Node(code=code, text=raw.text, when=raw.when, rules=tuple(raw.rules),
+                assumed_when=raw.assumed_when, parent=parent)
+    node.children = [_parse_node(c, node, variables, notes, f"{where}.children[{i}]")
+                     for i, c in enumerate(raw.children)]
+    if code is not None and (len(code) not in (4, 6, 10) or not code.isdigit()):
+        raise RulesError(f"{where}.code: {raw.code!r} must have 4, 6 or 10 digits")
     if node.is_leaf and (code is None or len(code) != 10):
-        raise ValueError(f"rules: {where}: a node without children must be a 10-digit leaf")
+        raise RulesError(f"{where}: a node without children must be a 10-digit leaf")
     ancestor = parent
     while ancestor is not None and ancestor.code is None:
         ancestor = ancestor.parent
     if code is not None and ancestor is not None and not code.startswith(ancestor.code):  # type: ignore[arg-type]
-        raise ValueError(f"rules: {code} is not inside {ancestor.code}")
-    node.refs = frozenset(condition_vars(when)).union(*(c.refs for c in node.children))
+        raise RulesError(f"{where}.code: {code} is not inside {ancestor.code}")
+    node.refs = frozenset(condition_vars(raw.when)).union(*(c.refs for c in node.children))
     return node
 
 
-def _prior(name: str, spec: Mapping[str, Any]) -> dict | None:
-    prior = spec.get("prior")
-    if prior is None:
-        return None
+def _variable(name: str, spec: VariableSpec, notes: Mapping[str, str], where: str) -> Variable:
+    values = list(spec.values)
+    if len(set(values)) != len(values) or len(values) < 2:
+        raise RulesError(f"{where}.values: needs two or more distinct values, got {values}")
+    for key in ("absent_value",):
+        if getattr(spec, key) is not None and getattr(spec, key) not in values:
+            raise RulesError(f"{where}.{key}: {getattr(spec, key)!r} is not one of {values}")
+    for attr in [spec.attribute] * bool(spec.attribute) + spec.attributes:
+        if attr not in OUTPUT_KEYS:
+            raise RulesError(f"{where}: unknown attribute {attr!r}; attributes: {list(OUTPUT_KEYS)}")
+    if spec.attributes and (spec.readout != "ordered" or len(spec.attributes) != len(values)):
+        raise RulesError(f"{where}.attributes: needs readout: ordered and one attribute per value")
+    for i, case in enumerate(spec.cases):
+        if case.value not in values:
+            raise RulesError(f"{where}.cases[{i}].value: {case.value!r} is not one of {values}")
+    for declared, value in spec.map.items():
+        if value not in values:
+            raise RulesError(f"{where}.map.{declared}: {value!r} is not one of {values}")
+    for declared, note in spec.assumed_map.items():
+        if declared not in spec.map:
+            raise RulesError(f"{where}.assumed_map.{declared}: not a key of map")
+        if note not in notes:
+            raise RulesError(f"{where}.assumed_map.{declared}: unknown note {note!r}")
+    prior = seen = None
     # With an attribute and an absent value, the prior shares p(attribute) among the other values.
-    values = [v for v in spec["values"] if "absent_value" not in spec or v != spec["absent_value"]]
-    if set(prior) != set(values) or abs(sum(prior.values()) - 1.0) > 1e-6:
-        raise ValueError(f"rules: variable {name!r} prior must give each of {values} a probability, summing to 1")
-    return {k: float(v) for k, v in prior.items()}
+    expect = [v for v in values if v != spec.absent_value]
+    if spec.prior is not None:
+        prior = _weights(spec.prior, expect, f"{where}.prior", every=True)
+    if spec.seen_prior is not None:
+        if spec.seen_prior.attribute not in OUTPUT_KEYS:
+            raise RulesError(f"{where}.seen_prior.attribute: unknown attribute {spec.seen_prior.attribute!r}")
+        seen = (spec.seen_prior.attribute, _weights(spec.seen_prior.prior, expect, f"{where}.seen_prior.prior"))
+    return Variable(name=name, values=tuple(values), field=spec.field, attribute=spec.attribute,
+                    attributes=tuple(spec.attributes), absent_value=spec.absent_value,
+                    cases=tuple(spec.cases), map=dict(spec.map), assumed_map=dict(spec.assumed_map),
+                    prior=prior, seen_prior=seen)
+
+
+def _weights(raw: Mapping[Value, float], expect: list, where: str, every: bool = False) -> dict[Value, float]:
+    """Weights over values, normalised; ``every``: each value needs a weight."""
+    if (every and set(raw) != set(expect)) or not set(raw) <= set(expect) or sum(raw.values()) <= 0 \
+            or any(w < 0 or not math.isfinite(w) for w in raw.values()):
+        raise RulesError(f"{where}: needs weights >= 0 (some > 0) for {'each' if every else 'some'} of {expect}, "
+                         f"got {dict(raw)}")
+    total = sum(raw.values())
+    return {k: float(w) / total for k, w in raw.items()}
 
 
 def load_rules(path: str | Path | None = None) -> RuleSet:
@@ -184,21 +261,26 @@ def load_rules(path: str | Path | None = None) -> RuleSet:
 
     Raises:
         FileNotFoundError: the file does not exist.
-        ValueError: the file is not a valid rule tree (unknown variable, value or note; bad code).
+        RulesError: (a ValueError) the file is not a valid rule tree: unknown key or operator,
+            variable, value or note, bad code; the message names the file, the path and the key.
     """
     path = Path(path) if path is not None else DEFAULT_RULES_PATH
     if not path.is_file():
         raise FileNotFoundError(f"tariff rules not found at {path}; pass rules_path=")
-    raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    variables = {
-        name: Variable(name=name, values=tuple(spec["values"]), field=spec.get("field"),
-                       attribute=spec.get("attribute"), attributes=tuple(spec.get("attributes", ())),
-                       absent_value=spec.get("absent_value"), cases=tuple(spec.get("cases", ())),
-                       prior=_prior(name, spec))
-        for name, spec in raw["variables"].items()
-    }
-    notes = {str(k): str(v) for k, v in raw.get("notes", {}).items()}
-    tree = [_parse_node(n, None, variables, notes) for n in raw["tree"]]
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise RulesError(f"{path}: not valid YAML: {exc}") from None
+    try:
+        spec = RulesSpec.model_validate(raw)
+    except ValidationError as exc:
+        raise schema_error(path, exc) from None
+    try:
+        notes = dict(spec.notes)
+        variables = {name: _variable(name, v, notes, f"variables.{name}") for name, v in spec.variables.items()}
+        tree = [_parse_node(n, None, variables, notes, f"tree[{i}]") for i, n in enumerate(spec.tree)]
+    except RulesError as exc:
+        raise RulesError(f"{path}: {exc}") from None
     leaves: dict[str, Node] = {}
     suffix_refs: dict[tuple[int, int], frozenset[str]] = {}
     stack: list[list[Node]] = [tree]
@@ -211,16 +293,15 @@ def load_rules(path: str | Path | None = None) -> RuleSet:
         for node in group:
             if node.is_leaf:
                 if node.code in leaves:
-                    raise ValueError(f"rules: leaf {node.code} appears twice")
+                    raise RulesError(f"{path}: leaf {node.code} appears twice")
                 leaves[node.code] = node  # type: ignore[index]
             else:
                 stack.append(node.children)
     leaves = dict(sorted(leaves.items()))
-    declared = int(raw.get("leaf_count", len(leaves)))
-    if declared != len(leaves):
-        raise ValueError(f"rules: leaf_count says {declared} but the tree has {len(leaves)} leaves")
-    logger.debug("loaded %d tariff leaves from %s", len(leaves), path)
-    return RuleSet(path, declared, variables, notes, tree, leaves, suffix_refs)
+    if spec.leaf_count != len(leaves):
+        raise RulesError(f"{path}: leaf_count says {spec.leaf_count} but the tree has {len(leaves)} leaves")
+    logger.debug("loaded %d tariff leaves from %s (%s %s)", len(leaves), path, spec.id, spec.version)
+    return RuleSet(path, spec.id, spec.version, spec.leaf_count, variables, notes, tree, leaves, suffix_refs)
 
 
 def code_texts(rules: RuleSet) -> dict[str, str]:

@@ -21,7 +21,8 @@ from .decision import DecisionLayer
 from .images import ImageError, ImageInput, describe_source, load_image
 from .result import ItemResult, PhotoResult
 from .runtime import autocast, prepare_for_inference
-from .tariff import DeclaredFacts, classify_tariff
+from .facts import DeclaredFacts
+from .tariff import classify_tariff
 
 __all__ = ["Classifier", "classify_images"]
 
@@ -95,9 +96,9 @@ class Classifier:
             if gates is not None and self.decision.clusters is not None:
                 p.cluster = {"name": self.decision.clusters.clusters_[int(gates[j].argmax())].name,
                              "probability": round(float(gates[j].max()), 6)}
-        wrong = bool(cluster and cluster["wrong_cluster"])
         tariff = classify_tariff(dict(zip(OUTPUT_KEYS, map(float, fused))), facts, top_k=top_k,
-                                 wrong_cluster=wrong).to_dict()
+                                 atypical=tuple(cluster["atypical_firing"]) if cluster else (),
+                                 cluster=cluster["name"] if cluster else None).to_dict()
         return ItemResult(photos, fused, self.thresholds, cluster=cluster, tariff=tariff, model=self.info)
 
 
@@ -123,8 +124,9 @@ def classify_images(images: ImageInput | Sequence[ImageInput], model: str | Path
         images: one photo or the M photos of one item: file paths, encoded bytes, PIL images or
             uint8 numpy arrays, in any mix.
         model: a model folder, a loaded :class:`Classifier`, or None for the shipped default.
-        declared: facts the declarant states (:class:`~shoeclass.tariff.DeclaredFacts` or a dict
-            such as ``{"upper_material": "leather", "sole_material": "rubber", "insole_cm": 26}``);
+        declared: facts the declarant states (:class:`~shoeclass.facts.DeclaredFacts` or a dict
+            such as ``{"upper_material": "leather", "sole_material": "rubber", "insole_cm": 26}``;
+            the names are in ``shoeclass.facts.FACTS``, any of the 13 attributes included);
             every fact is optional, unstated ones are marginalised.
         top_k: tariff candidates kept at each of 4, 6 and 10 digits.
         bf16: force bf16 (True) or fp32 (False); None picks bf16 where the CPU supports it.

@@ -14,7 +14,7 @@ from pathlib import Path
 from . import __version__
 from .assets import load_scraper
 
-__all__ = ["main", "get_args_parser"]
+__all__ = ["main", "get_args_parser", "add_fact_arguments"]
 
 
 def _overrides(pairs: list[str]) -> dict:
@@ -35,6 +35,18 @@ def _yes_no(text: str) -> bool:
     if text.lower() in ("no", "n", "false", "0"):
         return False
     raise argparse.ArgumentTypeError(f"expected yes or no, got {text!r}")
+
+
+def add_fact_arguments(group) -> None:
+    """One option per declared fact of ``shoeclass.facts.FACTS`` (``--upper-material`` and its alias
+    ``--upper``); the values are checked by ``DeclaredFacts``."""
+    from .facts import FACTS
+
+    for fact in FACTS:
+        flags = [f"--{fact.name.replace('_', '-')}"] + ([f"--{fact.alias}"] if fact.alias else [])
+        kind = {"bool": _yes_no, "cm": float, "choice": str}[fact.kind]
+        group.add_argument(*flags, dest=fact.name, type=kind, help=fact.describe(),
+                           metavar={"bool": "yes/no", "cm": "CM", "choice": "VALUE"}[fact.kind])
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -59,13 +71,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_classify(args: argparse.Namespace) -> int:
-    from .tariff import DeclaredFacts
+    from .facts import FACTS, DeclaredFacts
 
-    declared = DeclaredFacts.from_dict({k: v for k, v in {  # a bad fact is refused before the model loads
-        "upper_material": args.upper, "sole_material": args.sole, "insole_cm": args.insole_cm,
-        "gender": args.gender, "heel_sole_cm": args.heel_sole_cm, "sports_kind": args.sports_kind,
-        "waterproof_construction": args.waterproof_construction, "metal_toecap": args.metal_toecap,
-    }.items() if v is not None})
+    declared = DeclaredFacts.from_dict(  # a bad fact is refused before the model loads
+        {f.name: getattr(args, f.name) for f in FACTS if getattr(args, f.name) is not None})
     from .api import classify_images
 
     logging.getLogger("shoeclass.api").setLevel(logging.ERROR)  # photo errors: printed once, below
@@ -93,9 +102,12 @@ def cmd_classify(args: argparse.Namespace) -> int:
             for cand in tariff["candidates_10"]:
                 text = cand["text"] if len(cand["text"]) <= 80 else "…" + cand["text"][-79:]
                 print(f"  {cand['code']}  p={cand['probability']:.3f}  {text}")
+            print(f"tariff: {tariff['status']} (confidence {tariff['confidence']:.2f}; rules "
+                  f"{tariff['rules']['id']} {tariff['rules']['version']})")
             if tariff["missing_facts"]:
-                print("facts that would change the code: " + ", ".join(
-                    m["fact"] if isinstance(m, dict) else str(m) for m in tariff["missing_facts"]))
+                print("facts that would change the code: " + ", ".join(m["fact"] for m in tariff["missing_facts"]))
+            for reason in tariff["review_reasons"]:
+                print(f"  review: {reason}")
     return 0 if data["attributes"] is not None else 1
 
 
@@ -193,15 +205,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="model folder (default: the shipped model)")
     p.add_argument("--json", action="store_true", help="print the full JSON result")
     p.add_argument("--fp32", action="store_true", help="never use bf16")
-    facts = p.add_argument_group("declared facts (all optional)")
-    facts.add_argument("--upper", help="upper material: leather, composition_leather, rubber, plastics, textile, other")
-    facts.add_argument("--sole", help="outer sole material: rubber, plastics, leather, composition_leather, wood, cork, textile, other")
-    facts.add_argument("--insole-cm", type=float, help="insole length in cm")
-    facts.add_argument("--gender", help="men, women, unisex, children")
-    facts.add_argument("--heel-sole-cm", type=float, help="measured heel + sole height in cm")
-    facts.add_argument("--sports-kind", help="ski, snowboard, other_sports, athletic, none")
-    facts.add_argument("--waterproof-construction", type=_yes_no, help="yes/no: sole and upper not stitched, riveted …")
-    facts.add_argument("--metal-toecap", type=_yes_no, help="yes/no: protective metal toe-cap")
+    add_fact_arguments(p.add_argument_group("declared facts (all optional; shoeclass/facts.py)"))
     p.add_argument("--top-k", type=_positive_int, default=5, help="tariff candidates per level")
     p.set_defaults(func=cmd_classify)
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import inspect
 import logging
 import math
 import threading
@@ -31,20 +32,15 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from . import __version__
 from .api import Classifier
 from .result import SCHEMA_VERSION
-from .tariff import DeclaredFacts
+from .facts import ALIASES, FACTS, DeclaredFacts, parse_fact
 
 __all__ = ["create_app", "serve", "DECLARED_FIELDS"]
 
 logger = logging.getLogger(__name__)
 
 MB = 1024 * 1024
-# Request field -> DeclaredFacts field; the long names are accepted too.
-DECLARED_FIELDS = {"upper": "upper_material", "sole": "sole_material", "insole_cm": "insole_cm",
-                   "gender": "gender", "waterproof_construction": "waterproof_construction",
-                   "metal_toecap": "metal_toecap", "heel_sole_cm": "heel_sole_cm",
-                   "sports_kind": "sports_kind", "indoor": "indoor", "wood_base": "wood_base"}
-_ALIASES = {**DECLARED_FIELDS, "upper_material": "upper_material", "sole_material": "sole_material"}
-FormStr = Annotated[str | None, Form()]
+# Request field -> DeclaredFacts field (shoeclass.facts.FACTS: the field names and their aliases).
+DECLARED_FIELDS = dict(ALIASES)
 
 
 def _error(status: int, detail: str, errors: list[dict] | None = None) -> JSONResponse:
@@ -119,14 +115,27 @@ def _facts(fields: dict[str, Any], where: str = "") -> DeclaredFacts:
     for name, value in fields.items():
         if value is None or value == "":
             continue
-        if name not in _ALIASES:
-            raise Rejected(422, f"{where}{name}", f"unknown declared fact; allowed: {sorted(_ALIASES)}")
+        if name not in ALIASES:
+            raise Rejected(422, f"{where}{name}", f"unknown declared fact; allowed: {sorted(ALIASES)}")
         try:
-            DeclaredFacts.from_dict({_ALIASES[name]: value})
+            parse_fact(name, value)
         except ValueError as exc:
             raise Rejected(422, f"{where}{name}", str(exc)) from None
-        data[_ALIASES[name]] = value
+        if ALIASES[name] in data:
+            raise Rejected(422, f"{where}{name}", f"{ALIASES[name]} is given twice")
+        data[ALIASES[name]] = value
     return DeclaredFacts.from_dict(data)
+
+
+def _with_fact_form_fields(endpoint):
+    """Adds one optional form field per declared fact (``FACTS``, under its short alias where it
+    has one) to the endpoint's signature, so OpenAPI documents the form the facts schema defines."""
+    sig = inspect.signature(endpoint)
+    params = [p for p in sig.parameters.values() if p.kind != inspect.Parameter.VAR_KEYWORD]
+    extra = [inspect.Parameter(f.alias or f.name, inspect.Parameter.KEYWORD_ONLY, default=None,
+                               annotation=Annotated[str | None, Form(description=f.describe())]) for f in FACTS]
+    endpoint.__signature__ = sig.replace(parameters=params + extra)
+    return endpoint
 
 
 def _finite(obj: Any) -> Any:
@@ -241,20 +250,17 @@ def create_app(model: str | Path | Classifier | None = None, *, max_photos: int 
 
     @app.post("/v1/classify", summary="classify the photos of one item",
               response_description="ItemResult.to_dict() (docs/service.md)")
+    @_with_fact_form_fields
     async def classify_one(request: Request,
                            photos: Annotated[list[UploadFile], File(description="the photos of one item")],
-                           upper: FormStr = None, sole: FormStr = None, insole_cm: FormStr = None,
-                           gender: FormStr = None, waterproof_construction: FormStr = None,
-                           metal_toecap: FormStr = None, heel_sole_cm: FormStr = None,
-                           sports_kind: FormStr = None, indoor: FormStr = None, wood_base: FormStr = None,
-                           top_k: Annotated[int | None, Form(ge=1, le=100)] = None) -> JSONResponse:
+                           top_k: Annotated[int | None, Form(ge=1, le=100)] = None, **facts: str | None) -> JSONResponse:
         # The fact parameters document the form in OpenAPI; the values are taken from the parsed
         # form, where the long DeclaredFacts names are accepted too and a typo must not pass silently.
         form = await request.form()
-        unknown = sorted(set(form.keys()) - set(_ALIASES) - {"photos", "top_k"})
+        unknown = sorted(set(form.keys()) - set(ALIASES) - {"photos", "top_k"})
         if unknown:
-            raise Rejected(422, unknown[0], f"unknown form field; allowed: photos, top_k, {sorted(_ALIASES)}")
-        facts = _facts({k: form.get(k) for k in _ALIASES if k in form})
+            raise Rejected(422, unknown[0], f"unknown form field; allowed: photos, top_k, {sorted(ALIASES)}")
+        facts = _facts({k: form.get(k) for k in ALIASES if k in form})
         check_photos([p.size or 0 for p in photos])
         blobs = [await p.read() for p in photos]  # all in memory at most max_request_bytes
         check_photos([len(b) for b in blobs])

@@ -1,20 +1,26 @@
 """Tariff step: visual attribute probabilities + declared facts -> TN VED / HS codes 6401-6405.
 
-The rule tree is data (``configs/tariff_ch64.yaml``, from shared/spec/tariff-ch64.md); this module
-turns uncertain attributes into a probability for each of the 71 ten-digit leaves and ranks them.
+The rule tree is data (``configs/tariff_ch64.yaml``, from shared/spec/tariff-ch64.md, checked
+against a strict schema); this module turns uncertain attributes into a probability for each of
+the 71 ten-digit leaves, ranks them, says which facts would change the top code and whether the
+top code can go through without review.
 
-How the probabilities are computed (assumptions):
-    * Each rule variable is independent. A stated fact fixes its variable. An unstated fact with a
-      visual proxy takes its prior from the attribute (``waterproof_construction`` <- ``waterproof``,
-      ``heel_sole_cm`` > 3 <- ``high_heel``, ``indoor``, ``wood_base``; ``sports_kind`` is ``none``
-      with 1 - p(``sports``), the four sports kinds share p(``sports``) by the rules file's prior). Any other unstated
-      fact takes the prior the rules file gives it (metal toe-cap: 2 %), else is split uniformly over
-      its options (materials, insole length, gender).
-    * The four height heads are one categorical variable: their probabilities normalised to sum 1.
-    * Siblings are tried in tariff order and the first whose condition holds is taken; the leaf
-      probability is the exact sum over the variable values that lead to it.
-    * Leaf probabilities are multiplied by 1 - p(``not_footwear``); p(``not_footwear``) >= 0.5
-      maps to no heading of chapter 64 (Note 1).
+Where each rule variable's probability comes from (variables are independent):
+    * a declared fact (``shoeclass.facts``) fixes it; every one of the 13 attributes can be declared;
+    * else a per-item prior passed in (``priors=``, e.g. material probabilities from the photos);
+    * else the photo's attributes (``waterproof_construction`` <- ``waterproof``, ``heel_sole_cm``
+      > 3 <- ``high_heel``, ``indoor``, ``wood_base``, the straps, the four heights read as one
+      ordered variable with 50/50 where the photo cannot tell; ``sports_kind`` is ``none`` with
+      1 - p(``sports``) and the rules file's prior shares p(``sports``) among the kinds);
+    * else the rules file's prior, over the tariff's own categories (materials by heading, men /
+      women / not identifiable, insole < 24 / >= 24 cm, metal toe-cap 2 %). A prior is an
+      assumption, not evidence: a fact left to its prior that could change the code is always asked.
+
+Status: ``ok`` only when the top 10-digit code is very likely right: no fact left to a prior could
+change it, its ``confidence`` (the smaller of its probability, 1 - the chance that stating an
+uncertain photo fact changes it, and 1 - the share of it that rests on an assumption of the rules
+file) is at least ``review_below``. Otherwise ``needs_review`` with ``review_reasons`` in words a
+declarant can act on, and ``missing_facts`` ranked by how much probability mass stating each moves.
 
 Example:
     >>> facts = DeclaredFacts(upper_material="leather", sole_material="rubber",
@@ -25,123 +31,27 @@ Example:
 from __future__ import annotations
 
 import logging
-import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Mapping
 
-from ._tariff_rules import (
-    DEFAULT_RULES_PATH,
-    RuleSet,
-    code_texts,
-    condition_probability,
-    condition_vars,
-    leaf_distribution,
-    load_rules,
-)
+from . import _tariff_review as review
+from ._tariff_rules import DEFAULT_RULES_PATH, RuleSet, RulesError, code_texts, leaf_distribution, load_rules
 from .attributes import OUTPUT_KEYS
+from .facts import FACTS, DeclaredFacts
 
-__all__ = ["DeclaredFacts", "Candidate", "TariffDecision", "classify_tariff", "leaf_codes",
-           "load_tariff_rules", "MISSING_FACT_MIN_P"]
+__all__ = ["DeclaredFacts", "Candidate", "TariffDecision", "classify_tariff", "classify_code", "leaf_codes",
+           "load_tariff_rules", "RulesError", "REVIEW_BELOW"]
 
 logger = logging.getLogger(__name__)
 
-# Unstated fact options below this probability are not tried when looking for missing facts.
-MISSING_FACT_MIN_P = 0.05
-
-_CHOICES: dict[str, tuple[str, ...]] = {
-    "upper_material": ("leather", "composition_leather", "rubber", "plastics", "textile", "other"),
-    "sole_material": ("rubber", "plastics", "leather", "composition_leather", "wood", "cork", "textile", "other"),
-    "gender": ("men", "women", "unisex", "children"),
-    "sports_kind": ("ski", "snowboard", "other_sports", "athletic", "none"),
-}
-_BOOLS = ("waterproof_construction", "metal_toecap", "indoor", "wood_base")
-_LENGTHS = ("insole_cm", "heel_sole_cm")
-_TRUE = {"true", "yes", "y", "1"}
-_FALSE = {"false", "no", "n", "0"}
-
-
-@dataclass(frozen=True)
-class DeclaredFacts:
-    """Facts the customs declarant states; ``None`` means not stated.
-
-    Attributes:
-        upper_material: material of the greatest external surface of the upper (Note 4(a)).
-        sole_material: material of the greatest ground-contact area of the outer sole (Note 4(b)).
-        waterproof_construction: waterproof, upper not stitched/riveted/nailed/screwed/plugged (6401).
-        metal_toecap: incorporates a protective metal toe-cap.
-        insole_cm: insole length in cm (< 24 / >= 24 splits).
-        gender: men / women / unisex / children (unisex and children: "not identifiable").
-        heel_sole_cm: measured sole + heel height in cm (> 3 cm splits).
-        sports_kind: ski / snowboard / other_sports (Subheading Note 1) / athletic (tennis,
-            basketball, gym, training and the like: 6404 11 only) / none.
-        indoor: slippers or other indoor footwear.
-        wood_base: made on a base or platform of wood without an inner sole.
-
-    Raises:
-        ValueError: a value outside the allowed ones (the message names field and allowed values).
-    """
-
-    upper_material: str | None = None
-    sole_material: str | None = None
-    waterproof_construction: bool | None = None
-    metal_toecap: bool | None = None
-    insole_cm: float | None = None
-    gender: str | None = None
-    heel_sole_cm: float | None = None
-    sports_kind: str | None = None
-    indoor: bool | None = None
-    wood_base: bool | None = None
-
-    def __post_init__(self) -> None:
-        for name, allowed in _CHOICES.items():
-            value = getattr(self, name)
-            if value is None:
-                continue
-            norm = str(value).strip().lower().replace("-", "_").replace(" ", "_") if isinstance(value, str) else value
-            if norm not in allowed:
-                raise ValueError(f"{name} must be one of {list(allowed)} or None, got {value!r}")
-            object.__setattr__(self, name, norm)
-        for name in _BOOLS:
-            value = getattr(self, name)
-            if value is not None and not isinstance(value, bool):
-                raise ValueError(f"{name} must be True, False or None, got {value!r}")
-        for name in _LENGTHS:
-            value = getattr(self, name)
-            if value is None:
-                continue
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-                raise ValueError(f"{name} must be a finite length in cm >= 0 or None, got {value!r}")
-            object.__setattr__(self, name, float(value))
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any] | None) -> DeclaredFacts:
-        """Builds facts from a mapping (JSON, CLI); booleans may be "true"/"false"/"yes"/"no".
-
-        Raises:
-            ValueError: an unknown key or a bad value.
-        """
-        data = dict(data or {})
-        names = [f.name for f in fields(cls)]
-        unknown = sorted(set(data) - set(names))
-        if unknown:
-            raise ValueError(f"unknown declared fact(s) {unknown}; allowed: {names}")
-        for name in _BOOLS:
-            value = data.get(name)
-            if isinstance(value, str):
-                low = value.strip().lower()
-                if low not in _TRUE | _FALSE:
-                    raise ValueError(f"{name} must be true/false, got {value!r}")
-                data[name] = low in _TRUE
-        for name in _LENGTHS:
-            value = data.get(name)
-            if isinstance(value, str):
-                try:
-                    data[name] = float(value)
-                except ValueError:
-                    raise ValueError(f"{name} must be a length in cm, got {value!r}") from None
-        return cls(**data)
+# Default confidence a top code needs to go through without review: the smallest at which, on the
+# validation split's by-eye photos, every fixed fact set's 10-digit agreement among ok items is at
+# least 0.97 (`python benchmarks/tariff.py --split val` prints it and the curve it is read from).
+REVIEW_BELOW = 0.93
+_FACTS = {f.name: f for f in FACTS}
+# attribute -> the rule variable it informs (the photo's evidence for that variable)
 
 
 @dataclass(frozen=True)
@@ -155,16 +65,32 @@ class Candidate:
 
 @dataclass
 class TariffDecision:
-    """The ranked codes for one item, the top code's rationale and what to ask the declarant."""
+    """The ranked codes for one item, the top code's rationale, what to ask and whether to review.
 
-    status: str  # "ok" or "needs_review"
+    Attributes:
+        status: ``ok`` (the top 10-digit code is very likely right) or ``needs_review``.
+        confidence: the number ``status`` compares with ``review_below`` (module docstring).
+        missing_facts: undeclared facts whose value changes the top 10-digit code, most
+            probability mass moved first: ``{"fact", "source", "moves", "p_change", "question",
+            "codes"}`` (``source``: ``prior`` = an assumption of the rules file, ``photos``,
+            ``given`` = a prior passed in; ``codes``: value -> the top code it would give).
+        review_reasons: why the item needs review, each a sentence a declarant can act on.
+        assumptions: assumptions of the rules file the top code rests on, with the share of its
+            probability that rests on each.
+        rules: id and version of the rules file that produced the result.
+    """
+
+    status: str
     candidates_4: list[Candidate]
     candidates_6: list[Candidate]
     candidates_10: list[Candidate]
     rationale: dict[str, Any]
-    missing_facts: list[str]
+    missing_facts: list[dict[str, Any]]
     review_reasons: list[str] = field(default_factory=list)
     p_footwear: float = 1.0
+    confidence: float = 0.0
+    assumptions: list[dict[str, Any]] = field(default_factory=list)
+    rules: dict[str, str] = field(default_factory=dict)
 
     @property
     def top_code(self) -> str | None:
@@ -178,10 +104,16 @@ class TariffDecision:
 @lru_cache(maxsize=8)
 def _load_cached(path: str) -> RuleSet:
     rules = load_rules(path)
-    for var in rules.variables.values():
-        if var.field in _CHOICES and set(var.values) != set(_CHOICES[var.field]):
-            raise ValueError(f"rules: variable {var.name} values {list(var.values)} do not match "
-                             f"DeclaredFacts.{var.field} {list(_CHOICES[var.field])}")
+    for name, var in rules.variables.items():
+        fact = _FACTS.get(var.field) if var.field else None
+        if var.field and fact is None:
+            raise RulesError(f"{path}: variables.{name}.field: {var.field!r} is not a declared fact; "
+                             f"facts: {sorted(_FACTS)}")
+        if fact is not None and fact.kind == "choice":
+            unmapped = sorted(v for v in fact.choices if var.map.get(v, v) not in var.values)
+            if unmapped:
+                raise RulesError(f"{path}: variables.{name}: declared values {unmapped} of {var.field} "
+                                 f"map to no value of {list(var.values)}")
     return rules
 
 
@@ -215,102 +147,128 @@ def _ranked(dist: Mapping[str, float], digits: int, texts: Mapping[str, str], to
     return [Candidate(c, min(1.0, p), texts.get(c, "")) for c, p in order]
 
 
-def _rationale(rules: RuleSet, code: str, prob: float, dists: Mapping, probs: Mapping[str, float],
-               facts: DeclaredFacts) -> dict[str, Any]:
-    chain = []
-    node = rules.leaves[code]
-    while node is not None:
-        chain.append(node)
-        node = node.parent
-    chain.reverse()
-    used: set[str] = set()
-    conditions, excluded, note_ids = [], [], []
-    for node in chain:
-        siblings = node.parent.children if node.parent else rules.tree
-        for sib in siblings[: siblings.index(node)]:
-            if sib.when:
-                used |= condition_vars(sib.when)
-                excluded.append({"node": sib.code or sib.text, "condition": dict(sib.when),
-                                 "probability_not": 1.0 - condition_probability(sib.when, dists)})
-        if node.when:
-            used |= condition_vars(node.when)
-            conditions.append({"node": node.code or node.text, "condition": dict(node.when),
-                               "probability": condition_probability(node.when, dists)})
-        note_ids += [r for r in node.rules if r not in note_ids]
-    attributes, stated, assumed = {}, {}, {}
-    for name in sorted(used):
-        var = rules.variables[name]
-        if var.field and getattr(facts, var.field) is not None:
-            stated[var.field] = getattr(facts, var.field)
-            continue
-        for attr in var.attributes or ((var.attribute,) if var.attribute else ()):
-            attributes[attr] = probs[attr]
-        if var.field:
-            how = f"prior from attribute {var.attribute!r}" if var.attribute else f"uniform over {list(var.values)}"
-            assumed[var.field] = how
-    return {"code": code, "text": "", "probability": prob,
-            "path": [{"code": n.code, "text": n.text} for n in chain],
-            "conditions": conditions, "excluded": excluded, "attributes": attributes,
-            "facts": stated, "assumed": assumed,
-            "notes": [{"id": "GRI1_6", "text": rules.notes.get("GRI1_6", "")}]
-            + [{"id": r, "text": rules.notes[r]} for r in note_ids]}
+def _check_given(priors: Mapping[str, Mapping[Any, float]] | None) -> dict[str, dict]:
+    out = {}
+    for name, dist in (priors or {}).items():
+        if name not in _FACTS:
+            raise ValueError(f"priors: unknown fact {name!r}; facts: {sorted(_FACTS)}")
+        fact = _FACTS[name]
+        allowed = fact.choices if fact.kind == "choice" else (True, False) if fact.kind == "bool" else ()
+        bad = [v for v in dist if v not in allowed]
+        total = sum(float(p) for p in dist.values())
+        if not allowed or bad or any(not 0.0 <= float(p) <= 1.0 for p in dist.values()) or abs(total - 1.0) > 1e-6:
+            raise ValueError(f"priors[{name!r}] must map values of {list(allowed)} to probabilities "
+                             f"summing to 1, got {dict(dist)}")
+        out[name] = {v: float(p) for v, p in dist.items()}
+    return out
 
 
-def classify_tariff(probs: Mapping[str, float], facts: DeclaredFacts | None = None, *, top_k: int = 5,
-                    review_below: float = 0.8, wrong_cluster: bool = False,
+def classify_tariff(probs: Mapping[str, float], facts: DeclaredFacts | Mapping | None = None, *,
+                    top_k: int = 5, review_below: float = REVIEW_BELOW, atypical: tuple[str, ...] | list = (),
+                    cluster: str | None = None, priors: Mapping[str, Mapping[Any, float]] | None = None,
                     rules_path: str | Path | None = None) -> TariffDecision:
     """Ranks TN VED codes of headings 6401-6405 for one item.
 
     Args:
         probs: p(attribute) for each of the 14 ``OUTPUT_KEYS`` (13 attributes + ``not_footwear``).
-        facts: declared facts; ``None`` or unset fields are marginalised (see module docstring).
+        facts: declared facts (:class:`DeclaredFacts` or a dict); unset ones are marginalised.
         top_k: candidates kept at each of 4, 6 and 10 digits.
-        review_below: top-code probability below which the status is ``needs_review``.
-        wrong_cluster: the cluster stage flagged atypical attributes; forces ``needs_review``.
+        review_below: confidence below which the status is ``needs_review``.
+        atypical: attributes the cluster check found firing though atypical of the item's cluster;
+            named in the review reasons of an item under review when they decide its top code.
+        cluster: the item's cluster name (for the review reason).
+        priors: per-item distributions for undeclared facts, ``{fact: {value: p}}`` (e.g. material
+            probabilities read from the photos); they replace the photo attribute or rules prior.
         rules_path: another rules YAML (default ``configs/tariff_ch64.yaml``).
 
     Returns:
         A :class:`TariffDecision`.
 
     Raises:
-        ValueError: bad ``probs`` keys or values, ``top_k`` < 1 or ``review_below`` outside [0, 1].
+        ValueError: bad ``probs``, facts, priors, ``top_k`` or ``review_below``.
+        RulesError: the rules file is invalid (names file, path and key).
     """
     if not isinstance(top_k, int) or top_k < 1:
         raise ValueError(f"top_k must be an int >= 1, got {top_k!r}")
     if not 0.0 <= review_below <= 1.0:
         raise ValueError(f"review_below must lie in [0, 1], got {review_below!r}")
     p = _check_probs(probs)
-    facts = facts or DeclaredFacts()
+    if not isinstance(facts, DeclaredFacts):
+        facts = DeclaredFacts.from_dict(facts)
+    given = _check_given(priors)
     rules = load_tariff_rules(rules_path)
+    ident = {"id": rules.id, "version": rules.version, "file": rules.path.name}
     p_footwear = 1.0 - p["not_footwear"]
-    reasons = ["wrong_cluster"] if wrong_cluster else []
     if p["not_footwear"] >= 0.5:
         note = rules.notes.get("CH64_N1", "Chapter 64 Note 1")
+        reason = (f"the photos do not show footwear (p = {p['not_footwear']:.2f}): chapter 64 does not apply "
+                  f"(Note 1); send photos of the footwear itself")
         return TariffDecision("needs_review", [], [], [], {
             "code": None, "probability": p["not_footwear"],
             "text": "Not footwear: no heading of chapter 64 (6401-6405) applies",
             "attributes": {"not_footwear": p["not_footwear"]}, "facts": {}, "assumed": {},
-            "notes": [{"id": "CH64_N1", "text": note}]}, [], reasons + ["not_footwear"], p_footwear)
-    fact_values = asdict(facts)
-    dists = {name: var.distribution(p, fact_values) for name, var in rules.variables.items()}
-    leaf_p = {c: q * p_footwear for c, q in leaf_distribution(rules, dists).items() if q > 0.0}
+            "notes": [{"id": "CH64_N1", "text": note}]}, [], [reason], p_footwear, 0.0, [], ident)
+    fact_values = facts.stated()
+    dists = {name: var.distribution(p, fact_values, given) for name, var in rules.variables.items()}
+    base = leaf_distribution(rules, dists)
+    leaf_p = {c: q * p_footwear for c, q in base.items() if q > 0.0}
     texts = code_texts(rules)
     cands = {d: _ranked(leaf_p, d, texts, top_k) for d in (4, 6, 10)}
     top = cands[10][0]
-    missing = []
-    for name, var in rules.variables.items():
-        if var.field is None or fact_values[var.field] is not None:
-            continue
-        options = [v for v, q in dists[name].items() if q >= MISSING_FACT_MIN_P]
-        for value in options if len(options) > 1 else ():
-            alt = leaf_distribution(rules, {**dists, name: {value: 1.0}})
-            if alt and min(alt.items(), key=lambda kv: (-kv[1], kv[0]))[0] != top.code:
-                missing.append(var.field)
-                break
-    if top.probability < review_below:
-        reasons.append(f"top code probability {top.probability:.3f} < review_below {review_below}")
-    status = "needs_review" if reasons else "ok"
-    rationale = _rationale(rules, top.code, top.probability, dists, p, facts)
+    chain = review.path(rules, top.code)
+    used = review.used(chain)
+    missing = review.missing(rules, dists, base, top.code, fact_values, given)
+    every = review.assumptions(rules, chain, top.code, base.get(top.code, 0.0), dists, fact_values, used)
+    assumptions = [a for a in every if a["share"] > 1.0 - review_below]
+    photo_change = max((m["p_change"] for m in missing if m["source"] != "prior"), default=0.0)
+    asked = [m for m in missing if m["source"] == "prior" or m["p_change"] > 1.0 - review_below]
+    # ok <=> confidence >= review_below, whatever review_below is (the benchmark's curve relies on it)
+    confidence = 0.0 if any(m["source"] == "prior" for m in missing) else min(
+        top.probability, 1.0 - photo_change, *(1.0 - a["share"] for a in every))
+    reasons = [review.ask(m, top.code, dists, rules) for m in asked]
+    reasons += [f"the code rests on an assumption of the rules file ({a['share']:.0%} of its probability): "
+                f"{a['text']}" for a in assumptions]
+    if confidence < review_below and not reasons:
+        shaky = sorted({rules.variables[n].field for n in used if rules.variables[n].field not in fact_values
+                        and max(dists[n].values()) < review_below} - {None})
+        reasons.append(f"the top code is {top.probability:.0%} likely, below the {review_below:.0%} needed"
+                       + (f"; the photos leave {', '.join(shaky)} uncertain: state them or add photos that "
+                          f"show them" if shaky else ""))
+    status = "ok" if confidence >= review_below and not reasons else "needs_review"
+    if status != "ok":  # the cluster check only explains: calibrated attributes already carry the doubt
+        deciding = {a for name in used if rules.variables[name].field not in fact_values
+                    for a in (rules.variables[name].attributes or (rules.variables[name].attribute,)) if a}
+        reasons += [f"the photos show {a} (p = {p[a]:.2f}), unusual for {cluster or 'this kind of'} footwear, "
+                    f"and it decides the code: check it and declare it" for a in atypical if a in deciding]
+    rationale = review.rationale(rules, chain, top.code, top.probability, dists, p, fact_values, given)
     rationale["text"] = top.text
-    logger.debug("tariff top %s p=%.3f status=%s missing=%s", top.code, top.probability, status, missing)
-    return TariffDecision(status, cands[4], cands[6], cands[10], rationale, missing, reasons, p_footwear)
+    logger.debug("tariff top %s p=%.3f conf=%.3f status=%s", top.code, top.probability, confidence, status)
+    return TariffDecision(status, cands[4], cands[6], cands[10], rationale, asked, reasons, p_footwear,
+                          confidence, assumptions, ident)
+
+
+def classify_code(attributes: Mapping[str, float], declared: DeclaredFacts | Mapping | None = None, *,
+                  priors: Mapping[str, Mapping[Any, float]] | None = None, top_k: int = 5,
+                  review_below: float = REVIEW_BELOW, rules_path: str | Path | None = None) -> dict[str, Any]:
+    """The tariff step alone, for declaration software with its own attribute values.
+
+    Args:
+        attributes: p(attribute) for each of the 14 output keys (``shoeclass.OUTPUT_KEYS``); 0/1
+            for values known for sure, 0.5 for "cannot tell".
+        declared: declared facts (``shoeclass.facts.FACTS``; a dict of names or short aliases and
+            values, or a :class:`DeclaredFacts`).
+        priors: per-item distributions for undeclared facts, e.g. ``{"upper_material": {"leather":
+            0.7, "textile": 0.3}}``.
+        top_k, review_below, rules_path: as in :func:`classify_tariff`.
+
+    Returns:
+        The same JSON-ready dict as ``classify_images(...).to_dict()["tariff"]``.
+
+    Example:
+        >>> from shoeclass import classify_code, OUTPUT_KEYS
+        >>> probs = dict.fromkeys(OUTPUT_KEYS, 0.0) | {"height_low": 1.0}
+        >>> classify_code(probs, {"upper": "textile", "sole": "rubber"})["candidates_10"][0]["code"]
+        '6404199000'
+    """
+    return classify_tariff(attributes, declared, top_k=top_k, review_below=review_below, priors=priors,
+                           rules_path=rules_path).to_dict()

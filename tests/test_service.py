@@ -155,6 +155,24 @@ def test_malformed_requests(url, photos):
     assert httpx.get(url + "/v1/nothing").status_code == 404
 
 
+def test_form_fields_come_from_the_facts_schema(url, photos):
+    from shoeclass.facts import FACTS
+
+    paths = httpx.get(url + "/openapi.json").json()
+    schema = json.dumps(paths["components"])
+    for fact in FACTS:  # every declarable fact, the 13 attributes included, is a documented form field
+        assert f'"{fact.alias or fact.name}"' in schema, fact.name
+    r = post(url, [photos[0]], {"upper": "textile", "sole": "rubber", "height": "low", "indoor": "yes",
+                               "sports_kind": "none"})
+    assert r.status_code == 200, r.text
+    tariff = r.json()["tariff"]
+    assert tariff["rules"]["id"] == "tnved-eaeu-ch64"
+    if tariff["candidates_10"]:  # the facts decide the code unless the tiny model calls it not footwear
+        assert tariff["candidates_10"][0]["code"] == "6404191000"
+    r = post(url, [photos[0]], {"upper": "textile", "upper_material": "leather"})
+    assert r.status_code == 422 and "twice" in r.json()["detail"]
+
+
 @pytest.mark.parametrize("field, value", [("upper", "lether"), ("sole", "glass"), ("insole_cm", "long"),
                                           ("insole_cm", "-3"), ("metal_toecap", "maybe"), ("gender", "robot")])
 def test_bad_declared_fact_names_the_field(url, photos, field, value):

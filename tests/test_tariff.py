@@ -8,12 +8,11 @@ import json
 import math
 
 import pytest
-import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shoeclass.attributes import HEIGHT_KEYS, OUTPUT_KEYS
-from shoeclass.tariff import DeclaredFacts, classify_tariff, leaf_codes, load_tariff_rules
+from shoeclass.tariff import DeclaredFacts, RulesError, classify_tariff, leaf_codes, load_tariff_rules
 
 SPEC_LEAF_COUNT = 71  # spec §2: 4 + 15 + 40 + 5 + 7
 
@@ -91,7 +90,7 @@ LEAF_CASES: dict[str, tuple[tuple[str, ...], str, str, str, dict]] = {
     "6403911600": ((), "ankle", "leather", "plastics", {}),
     "6403911800": ((), "ankle", "leather", "rubber", WOMEN),
     "6403919100": ((), "knee", "leather", "rubber", SMALL),
-    "6403919300": ((), "knee", "leather", "rubber", {"gender": "children"}),
+    "6403919300": ((), "knee", "leather", "rubber", UNI),
     "6403919600": ((), "knee", "leather", "composition_leather", {}),
     "6403919800": ((), "over_knee", "leather", "rubber", WOMEN),
     "6403990500": (("wood_base",), "low", "leather", "plastics", {}),
@@ -199,39 +198,6 @@ def test_not_footwear_below_half_scales_probabilities():
     assert d.status == "needs_review"
 
 
-def test_missing_facts():
-    f = DeclaredFacts(upper_material="leather", sole_material="rubber", metal_toecap=False)
-    d = classify_tariff(crisp(), f)
-    # top is 6403 99 91 (< 24 cm, p 0.5); only the insole length can change it
-    assert d.top_code == "6403999100" and d.missing_facts == ["insole_cm"]
-    assert d.status == "needs_review"
-    assert d.rationale["assumed"]["insole_cm"] == "uniform over ['lt24', 'ge24']"
-    assert d.rationale["assumed"]["indoor"] == "prior from attribute 'indoor'"
-    d = classify_tariff(crisp(), DeclaredFacts(upper_material="leather", sole_material="rubber",
-                                               metal_toecap=False, insole_cm=27.0))
-    assert d.missing_facts == ["gender"]
-    assert "gender" in d.rationale["assumed"] and "insole_cm" in d.rationale["facts"]
-    # facts that cannot change a textile-upper, rubber-sole casual shoe are not asked for
-    d = classify_tariff(crisp(), DeclaredFacts(upper_material="textile", sole_material="rubber"))
-    assert d.top_code == "6404199000" and d.missing_facts == [] and d.status == "ok"
-    # nothing stated: the materials are the first thing to ask
-    d = classify_tariff(crisp())
-    assert {"upper_material", "sole_material"} <= set(d.missing_facts)
-
-
-def test_needs_review():
-    case = crisp()
-    f = facts("leather", "rubber")
-    assert classify_tariff(case, f).status == "ok"
-    d = classify_tariff(case, f, wrong_cluster=True)
-    assert d.status == "needs_review" and "wrong_cluster" in d.review_reasons
-    soft = dict(case, height_low=0.6, height_ankle=0.4)
-    d = classify_tariff(soft, f)
-    assert d.candidates_10[0].probability == pytest.approx(0.6)
-    assert d.status == "needs_review"
-    assert classify_tariff(soft, f, review_below=0.5).status == "ok"
-
-
 def test_rationale_lists_attributes_facts_and_notes():
     d = classify_tariff(crisp("vamp_straps", "high_heel"), facts("plastics", "plastics"))
     r = d.rationale
@@ -302,14 +268,6 @@ def test_monotone_in_the_deciding_attribute(probs, a, b):
         _p(classify_tariff(dict(probs, sports=hi), textile, top_k=100), "640411") + 1e-12
 
 
-def test_heights_are_normalised():
-    probs = crisp()
-    probs.update({k: 0.9 for k in HEIGHT_KEYS})
-    d = classify_tariff(probs, facts("leather", "rubber"), top_k=100)
-    assert _p(d, "640399") == pytest.approx(0.25)
-    assert _p(d, "640391") == pytest.approx(0.75)
-
-
 @pytest.mark.parametrize("kwargs,field", [
     ({"upper_material": "wood"}, "upper_material"),
     ({"sole_material": "glass"}, "sole_material"),
@@ -331,8 +289,11 @@ def test_bad_fact_message_lists_allowed_values():
 
 def test_from_dict():
     f = DeclaredFacts.from_dict({"upper_material": "Composition leather", "metal_toecap": "no",
-                                 "insole_cm": "25.5", "gender": None})
-    assert f == DeclaredFacts(upper_material="composition_leather", metal_toecap=False, insole_cm=25.5)
+                                 "insole_cm": "25.5", "gender": None, "sole": "rubber"})
+    assert f == DeclaredFacts(upper_material="composition_leather", metal_toecap=False, insole_cm=25.5,
+                              sole_material="rubber")
+    with pytest.raises(ValueError, match="twice"):
+        DeclaredFacts.from_dict({"upper": "leather", "upper_material": "textile"})
     assert DeclaredFacts.from_dict(None) == DeclaredFacts()
     with pytest.raises(ValueError, match="colour"):
         DeclaredFacts.from_dict({"colour": "red"})
@@ -349,18 +310,168 @@ def test_bad_probs_and_parameters_raise():
         classify_tariff(crisp(), top_k=0)
     with pytest.raises(ValueError, match="review_below"):
         classify_tariff(crisp(), review_below=2.0)
+    with pytest.raises(ValueError, match="priors"):
+        classify_tariff(crisp(), priors={"upper_material": {"wood": 1.0}})
 
 
-def test_bad_rules_file_raises(tmp_path):
-    rules = load_tariff_rules()
-    raw = yaml.safe_load(rules.path.read_text(encoding="utf-8"))
-    raw["tree"][0]["when"] = {"colour": "red"}
-    bad = tmp_path / "bad.yaml"
-    bad.write_text(yaml.safe_dump(raw), encoding="utf-8")
-    with pytest.raises(ValueError, match="colour"):
-        classify_tariff(crisp(), rules_path=bad)
-    raw = yaml.safe_load(rules.path.read_text(encoding="utf-8"))
-    raw["leaf_count"] = 70
-    bad.write_text(yaml.safe_dump(raw), encoding="utf-8")
-    with pytest.raises(ValueError, match="leaf_count"):
-        leaf_codes(bad)
+
+
+# ---- the findings of issue 17, one test each -----------------------------------------------------
+def test_undeclared_toecap_is_asked_for():
+    """A leather work boot with the toe-cap undeclared: never ok, the toe-cap is asked for."""
+    f = DeclaredFacts(upper_material="leather", sole_material="rubber", insole_cm=28.0, gender="men")
+    d = classify_tariff(crisp(height="ankle"), f)
+    assert d.top_code == "6403911600" and d.candidates_10[0].probability == pytest.approx(0.98)
+    assert d.status == "needs_review" and d.confidence == 0.0
+    toe = d.missing_facts[0]
+    assert toe["fact"] == "metal_toecap" and toe["source"] == "prior" and toe["codes"] == {"true": "6403400000"}
+    assert any("metal_toecap" in r and "6403 40 000 0" in r for r in d.review_reasons)
+    assert "rules file's prior" in d.rationale["assumed"]["metal_toecap"]
+    assert "0.02" in d.rationale["assumed"]["metal_toecap"]
+
+
+def test_nothing_declared_gives_no_confident_code():
+    d = classify_tariff(crisp())
+    assert d.status == "needs_review"
+    assert d.candidates_10[0].probability < 0.5 and d.candidates_4[0].probability < 0.6
+    assert {m["fact"] for m in d.missing_facts[:2]} == {"upper_material", "sole_material"}
+    # a wellington photo: the attribute's definition (moulded rubber/plastics) carries the heading
+    d = classify_tariff(crisp("waterproof", height="knee"))
+    assert d.candidates_4[0].code == "6401" and d.candidates_4[0].probability > 0.95
+
+
+def test_gender_prior_is_over_the_tariffs_categories():
+    f = DeclaredFacts(upper_material="leather", sole_material="rubber", metal_toecap=False, insole_cm=27.0)
+    got = {c.code: c.probability for c in classify_tariff(crisp(), f, top_k=100).candidates_10}
+    for code in ("6403999300", "6403999600", "6403999800"):  # not identifiable / men / women
+        assert got[code] == pytest.approx(1 / 3)
+
+
+def test_heights_the_photo_cannot_show_are_even():
+    probs = crisp()
+    probs.update({k: 0.5 for k in HEIGHT_KEYS})
+    d = classify_tariff(probs, facts("leather", "rubber"), top_k=100)
+    assert _p(d, "640399") == pytest.approx(0.5)
+    assert _p(d, "640391") == pytest.approx(0.5)
+    assert d.missing_facts[0]["fact"] == "height" and d.status == "needs_review"
+
+
+@pytest.mark.parametrize("declared,note", [
+    ({"gender": "unisex", "sole_material": "leather"}, "ASSUME_NO_UNIDENT"),
+    ({"gender": "children"}, "ASSUME_CHILDREN"),
+])
+def test_code_reached_through_an_assumption_is_flagged(declared, note):
+    d = classify_tariff(crisp(), facts("leather", "rubber", **declared))
+    assert d.candidates_10[0].probability == pytest.approx(1.0)
+    assert d.status == "needs_review"
+    assert [a["id"] for a in d.assumptions] == [note] and d.assumptions[0]["share"] == pytest.approx(1.0)
+    assert any("assumption" in r for r in d.review_reasons)
+
+
+def test_strappy_slipper_order_is_flagged():
+    d = classify_tariff(crisp("vamp_straps", "indoor"), facts("leather", "rubber"))
+    assert d.top_code == "6403993600" and d.status == "needs_review"
+    assert [a["id"] for a in d.assumptions] == ["ORDER_VAMP_INDOOR"]
+
+
+@pytest.mark.parametrize("attribute,fact", [("straps_plugged", "straps_plugged"), ("toe_strap", "toe_strap"),
+                                            ("vamp_straps", "vamp_straps"), ("vamp_openings", "vamp_openings")])
+def test_uncertain_visual_fact_is_asked_and_declarable(attribute, fact):
+    upper, sole = ("rubber", "rubber") if attribute == "straps_plugged" else ("leather", "leather")
+    probs = dict(crisp(), **{attribute: 0.5})
+    d = classify_tariff(probs, facts(upper, sole))
+    assert d.status == "needs_review" and d.missing_facts and d.missing_facts[0]["fact"] == fact
+    value = True
+    d = classify_tariff(probs, facts(upper, sole, **{fact: value}))
+    assert d.status == "ok" and d.missing_facts == []
+
+
+def test_rare_attribute_the_model_is_unsure_of_is_asked():
+    """An indoor slipper at p = 0.3 is not thresholded away: the textile slipper leaf is a candidate
+    and indoor is asked for."""
+    d = classify_tariff(dict(crisp(), indoor=0.3), facts("textile", "rubber"), top_k=100)
+    assert {c.code: round(c.probability, 6) for c in d.candidates_10}["6404191000"] == pytest.approx(0.3)
+    assert d.status == "needs_review" and d.missing_facts[0]["fact"] == "indoor"
+
+
+def test_every_missing_fact_listed_and_ranked():
+    f = DeclaredFacts(upper_material="leather", sole_material="rubber")
+    d = classify_tariff(crisp(), f)
+    names = [m["fact"] for m in d.missing_facts]
+    assert set(names) == {"metal_toecap", "insole_cm", "gender"}
+    moves = [m["moves"] for m in d.missing_facts]
+    assert moves == sorted(moves, reverse=True) and names[-1] == "metal_toecap"
+
+
+@settings(max_examples=40, deadline=None)
+@given(probs_st, facts_st)
+def test_ok_means_nothing_left_to_ask(probs, f):
+    d = classify_tariff(probs, f)
+    if d.status == "ok":
+        assert d.missing_facts == [] and d.review_reasons == [] and d.assumptions == []
+        assert d.confidence >= 0.9
+    else:
+        assert d.review_reasons
+    assert d.rules["id"] == "tnved-eaeu-ch64" and d.rules["version"]
+
+
+def test_classify_code_matches_the_item_json():
+    from shoeclass import classify_code
+
+    probs = crisp("vamp_straps", height="low")
+    got = classify_code(probs, {"upper": "leather", "sole": "rubber", "metal_toecap": "no", "insole_cm": 27,
+                                "gender": "women"})
+    want = classify_tariff(probs, facts("leather", "rubber", gender="women")).to_dict()
+    assert got == want and got["candidates_10"][0]["code"] == "6403993800"
+    json.dumps(got)
+    # a per-item material prior (e.g. from the photos) replaces the rules file's prior
+    got = classify_code(probs, {"sole": "rubber", "metal_toecap": False, "insole_cm": 27, "gender": "women"},
+                        priors={"upper_material": {"leather": 0.9, "textile": 0.1}})
+    assert got["candidates_4"][0] == {"code": "6403", "probability": pytest.approx(0.9), "text": got["candidates_4"][0]["text"]}
+    assert got["missing_facts"][0]["fact"] == "upper_material" and got["missing_facts"][0]["source"] == "given"
+
+
+def _copy_rules(tmp_path, edit) -> str:
+    text = load_tariff_rules().path.read_text(encoding="utf-8")
+    new = edit(text)
+    assert new != text
+    path = tmp_path / "rules.yaml"
+    path.write_text(new, encoding="utf-8")
+    return str(path)
+
+
+@pytest.mark.parametrize("edit,key", [
+    (lambda t: t.replace("attribute: waterproof\n", "atribute: waterproof\n", 1), "'atribute'"),
+    (lambda t: t.replace("{value: lt24}", "{value: lt24, lt: 24.0}", 1), "'lt'"),
+    (lambda t: t.replace('when: {insole: lt24}', 'when: {insole: {lt: 24}}', 1), "lt"),
+    (lambda t: t.replace("when: {metal_toecap: true}", "when: {metal_toecap: true, colour: red}", 1), "'colour'"),
+    (lambda t: t.replace("    rules: [H6401,", "    rule: [H6401,", 1), "'rule'"),
+    (lambda t: t.replace("leaf_count: 71", "leaf_count: 70", 1), "leaf_count"),
+    (lambda t: t.replace("rules: [EN_3CM]", "rules: [EN_4CM]", 1), "EN_4CM"),
+])
+def test_rules_file_is_checked(tmp_path, edit, key):
+    path = _copy_rules(tmp_path, edit)
+    with pytest.raises(RulesError, match=key) as err:
+        classify_tariff(crisp(), rules_path=path)
+    assert path in str(err.value)  # the file is named
+    assert "tree[" in str(err.value) or "variables." in str(err.value) or "leaf_count" in str(err.value)
+
+
+def test_rules_id_and_version_in_every_result():
+    for probs in (crisp(), crisp(not_footwear=0.9)):
+        d = classify_tariff(probs, facts("leather", "rubber")).to_dict()
+        assert d["rules"] == {"id": "tnved-eaeu-ch64", "version": "2022.2", "file": "tariff_ch64.yaml"}
+
+
+def test_cli_has_a_flag_for_every_fact():
+    from shoeclass.cli import get_args_parser
+    from shoeclass.facts import FACTS
+
+    argv = ["classify", "x.jpg"]
+    for fact in FACTS:
+        argv += [f"--{fact.name.replace('_', '-')}",
+                 {"bool": "yes", "cm": "25", "choice": fact.choices[0] if fact.choices else ""}[fact.kind]]
+    args = get_args_parser().parse_args(argv)
+    declared = {f.name: getattr(args, f.name) for f in FACTS}
+    assert set(DeclaredFacts.from_dict(declared).stated()) == {f.name for f in FACTS}
+    assert get_args_parser().parse_args(["classify", "x.jpg", "--upper", "leather"]).upper_material == "leather"

@@ -1,0 +1,157 @@
+"""How attribute errors become tariff-code errors, and how well review catches them.
+
+Protocol (shared/spec/evaluation.md, "Tariff codes"): every by-eye photo of the split is an item
+of one photo. For each fixed set of declared facts, the rules give the "true" code from the facts
+and the photo's by-eye labels (0/1; a 0.5 label leaves the code undetermined where it decides, and
+such items have no true code), and the model's code from the same facts and its predicted
+attributes. The three fixed sets are the evaluation spec's material pairs, each with what a
+declarant always knows and no photo shows (no metal toe-cap, insole 27 cm, men's); the fourth
+declares every fact: the leather/rubber set plus each attribute the by-eye label decides.
+
+Reported per set: the share of items that come back ``ok``, the 10-digit agreement among them
+(the targets), agreement at 4, 6 and 10 digits over all items with a true code, and the
+coverage/accuracy curve as the review threshold moves. Model outputs are computed once and cached
+under .cache/ (benchmarks/_tariff_cache.py), so re-running after a rules change is cheap.
+
+    PYTHONPATH=$PWD python benchmarks/tariff.py [--data ../shared/data] [--split test] [--model M] [--limit N]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _tariff_cache import by_eye_outputs  # noqa: E402
+
+from shoeclass._tariff_rules import leaf_distribution  # noqa: E402
+from shoeclass.api import Classifier  # noqa: E402
+from shoeclass.attributes import HEIGHT_KEYS, OUTPUT_KEYS  # noqa: E402
+from shoeclass.facts import DeclaredFacts  # noqa: E402
+from shoeclass.tariff import REVIEW_BELOW, classify_tariff, load_tariff_rules  # noqa: E402
+
+GOAL_OK, GOAL_AGREE = 0.60, 0.97
+KNOWN = {"metal_toecap": False, "insole_cm": 27.0, "gender": "men"}
+FACT_SETS = {
+    "leather upper + rubber sole": {"upper_material": "leather", "sole_material": "rubber", **KNOWN},
+    "textile upper + rubber sole": {"upper_material": "textile", "sole_material": "rubber", **KNOWN},
+    "plastics upper + plastics sole": {"upper_material": "plastics", "sole_material": "plastics", **KNOWN},
+}
+ALL_FACTS = "every fact declared"
+# a by-eye label -> the declared fact; high_heel is declared as a measured height on its side of 3 cm
+BOOL_FACTS = {"vamp_straps": "vamp_straps", "vamp_openings": "vamp_openings", "straps_plugged": "straps_plugged",
+              "toe_strap": "toe_strap", "indoor": "indoor", "wood_base": "wood_base",
+              "waterproof": "waterproof_construction"}
+HEEL_CM = {1.0: 5.0, 0.0: 2.0}
+GRID = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.92, 0.94, 0.96, 0.98, 0.99)
+
+
+def label_facts(y: np.ndarray) -> dict:
+    """The facts a declarant who has seen the shoe states: every attribute the by-eye label decides."""
+    lab = dict(zip(OUTPUT_KEYS, y))
+    out = {fact: bool(lab[attr]) for attr, fact in BOOL_FACTS.items() if lab[attr] != 0.5}
+    if lab["high_heel"] != 0.5:
+        out["heel_sole_cm"] = HEEL_CM[lab["high_heel"]]
+    if lab["sports"] == 0.0:
+        out["sports_kind"] = "none"
+    heights = [k for k in HEIGHT_KEYS if lab[k] == 1.0]
+    if len(heights) == 1:
+        out["height"] = heights[0][len("height_"):]
+    return out
+
+
+def true_code(rules, y: np.ndarray, facts: dict) -> str | None:
+    """The code the rules give from the labels, or None where a 0.5 label leaves it open."""
+    lab = dict(zip(OUTPUT_KEYS, map(float, y)))
+    if lab["not_footwear"] != 0.0:
+        return None
+    stated = DeclaredFacts.from_dict(facts).stated()
+    dists = {n: v.distribution(lab, stated) for n, v in rules.variables.items()}
+    leaves = leaf_distribution(rules, dists)
+    code, p = max(leaves.items(), key=lambda kv: kv[1])
+    return code if p > 1.0 - 1e-9 else None
+
+
+def run_set(name: str, out: dict, rules, base: dict | None) -> dict:
+    n = len(out["image"])
+    conf, pred, truth, ok, asked_indoor = np.zeros(n), [], [], np.zeros(n, bool), np.zeros(n, bool)
+    for i in range(n):
+        facts = dict(base) if base is not None else {**FACT_SETS["leather upper + rubber sole"],
+                                                     **label_facts(out["y"][i])}
+        probs = dict(zip(OUTPUT_KEYS, map(float, out["fused"][i])))
+        d = classify_tariff(probs, facts, atypical=tuple(out["atypical"][i]))
+        conf[i], ok[i] = d.confidence, d.status == "ok"
+        pred.append(d.top_code)
+        truth.append(true_code(rules, out["y"][i], facts))
+        asked_indoor[i] = any(m["fact"] == "indoor" for m in d.missing_facts)
+    known = np.array([t is not None for t in truth])
+    agree = {k: np.array([p is not None and t is not None and p[:k] == t[:k] for p, t in zip(pred, truth)])
+             for k in (4, 6, 10)}
+    return {"name": name, "n": n, "conf": conf, "ok": ok, "known": known, "agree": agree, "pred": pred,
+            "truth": truth, "asked_indoor": asked_indoor}
+
+
+def report(r: dict) -> tuple[float, float]:
+    ok, known, a10 = r["ok"], r["known"], r["agree"][10]
+    ok_share = ok.mean()
+    ok_known = ok & known
+    acc = a10[ok_known].mean() if ok_known.any() else float("nan")
+    print(f"\n## {r['name']}: {r['n']} items, {known.sum()} with a true code (the rest: a 0.5 label decides)")
+    print(f"  agreement over all items with a true code: 4 digits {r['agree'][4][known].mean():.3f}, "
+          f"6 digits {r['agree'][6][known].mean():.3f}, 10 digits {a10[known].mean():.3f}")
+    print(f"  at review_below={REVIEW_BELOW}: ok {ok.sum()} ({ok_share:.3f}); 10-digit agreement among ok "
+          f"items with a true code {acc:.4f} ({ok_known.sum()} items)")
+    print("  threshold  ok-share  agreement@10 (ok items with a true code)")
+    for t in GRID:
+        sel = (r["conf"] >= t) & known
+        cov = (r["conf"] >= t).mean()
+        print(f"  {t:9.2f}  {cov:8.3f}  {a10[sel].mean() if sel.any() else float('nan'):.4f}  ({sel.sum()})")
+    return ok_share, acc
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
+    ap.add_argument("--split", default="test")
+    ap.add_argument("--model", default=None)
+    ap.add_argument("--limit", type=int, default=0, help="first N items only (development)")
+    args = ap.parse_args(argv)
+    clf = Classifier(args.model)
+    out = by_eye_outputs(args.data, args.split, clf)
+    if args.limit:
+        out = {k: v[: args.limit] for k, v in out.items()}
+    rules = load_tariff_rules()
+    t0 = time.perf_counter()
+    print(f"# tariff codes on the {args.split} split's by-eye photos, one photo per item; model "
+          f"{clf.path.name} ({clf.meta['sha256'][:12]}), rules {rules.id} {rules.version}")
+    results = [run_set(name, out, rules, facts) for name, facts in FACT_SETS.items()]
+    results.append(run_set(ALL_FACTS, out, rules, None))
+    lines = []
+    for r in results:
+        ok_share, acc = report(r)
+        lines.append((f"ok share, {r['name']}", ok_share, GOAL_OK))
+        lines.append((f"10-digit agreement among ok, {r['name']}", acc, GOAL_AGREE))
+    fine = np.round(np.arange(0.5, 0.995, 0.01), 2)
+    meets = [t for t in fine if all(r["agree"][10][(r["conf"] >= t) & r["known"]].mean() >= GOAL_AGREE
+                                    for r in results if ((r["conf"] >= t) & r["known"]).any())]
+    print(f"\nsmallest review_below at which every set's agreement among ok items is >= {GOAL_AGREE} on this "
+          f"split: {meets[0] if meets else 'none'} (shoeclass.tariff.REVIEW_BELOW = {REVIEW_BELOW}, read from "
+          f"--split val)")
+    textile = results[1]
+    indoor = out["y"][:, OUTPUT_KEYS.index("indoor")] == 1.0
+    if indoor.any():
+        reached = np.array([p == "6404191000" for p in textile["pred"]])[indoor]
+        print(f"\nrare output: {indoor.sum()} photos labelled indoor (textile/rubber set): top code 6404 19 10 "
+              f"for {reached.sum()}, indoor asked for {textile['asked_indoor'][indoor].sum()}, "
+              f"needs_review {(~textile['ok'][indoor]).sum()}")
+    print(f"\n{len(results) * len(out['image'])} items classified in {time.perf_counter() - t0:.0f} s\n")
+    for name, value, goal in lines:
+        print(f"target {name}: {value:.4f} (goal {goal}) {'PASS' if value >= goal else 'FAIL'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
