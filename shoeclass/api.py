@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Iterable, Sequence
+import threading
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ import torch
 from scipy.special import expit
 
 from .attributes import OUTPUT_KEYS
+from .blank import blank_problem
 from .checkpoint import load_checkpoint, resolve_path
 from .data import EvalPreset
 from .decision import DecisionLayer
@@ -24,9 +26,13 @@ from .runtime import autocast, prepare_for_inference
 from .facts import DeclaredFacts
 from .tariff import classify_tariff
 
-__all__ = ["Classifier", "classify_images"]
+__all__ = ["Classifier", "classify_images", "check_arguments", "Cancelled"]
 
 logger = logging.getLogger(__name__)
+
+
+class Cancelled(RuntimeError):
+    """A classification stopped because its ``stop`` event was set (client gone, deadline passed)."""
 
 
 class Classifier:
@@ -42,7 +48,8 @@ class Classifier:
         self.path = resolve_path(model)
         self.net, self.meta = load_checkpoint(self.path)
         prepare_for_inference(self.net)
-        self.preset = EvalPreset(self.meta["backbone"])
+        pre = self.meta["preprocessing"]  # validated against this code's preprocessing on load
+        self.preset = EvalPreset(self.meta["backbone"], tuple(pre["mean"]), tuple(pre["std"]))
         self.bf16, self.batch_size = bf16, batch_size
         self.decision = DecisionLayer.from_dict(self.meta.get("decision"))
         self.thresholds = self.decision.thresholds
@@ -51,12 +58,18 @@ class Classifier:
         self.info = {"name": self.path.name, "backbone": self.meta["backbone"], "sha256": self.meta["sha256"],
                      "members": len(ens["members"]) if ens else 1, "mirror": bool(ens and ens["flip"])}
 
-    def predict_tensors(self, x: torch.Tensor) -> dict[str, np.ndarray]:
+    def predict_tensors(self, x: torch.Tensor, stop: threading.Event | None = None) -> dict[str, np.ndarray]:
         """Outputs for a (B, 3, 224, 224) batch: raw ``logits`` and calibrated ``probs`` (B, 14),
-        ``gate`` logits (B, C) and ``suitability`` (B, 14) when the model has them."""
+        ``gate`` logits (B, C) and ``suitability`` (B, 14) when the model has them.
+
+        Raises:
+            Cancelled: ``stop`` was set (checked between batches).
+        """
         outs: dict[str, list] = {}
         with torch.inference_mode(), autocast(self.bf16):
             for chunk in x.split(self.batch_size):
+                if stop is not None and stop.is_set():
+                    raise Cancelled("classification cancelled")
                 for k, v in self.net(chunk.contiguous(memory_format=torch.channels_last)).items():
                     outs.setdefault(k, []).append(v.float().numpy())
         res = {k: np.concatenate(v) for k, v in outs.items()}
@@ -67,26 +80,49 @@ class Classifier:
 
     def classify(self, images: ImageInput | Sequence[ImageInput], declared: DeclaredFacts | dict | None = None,
                  top_k: int = 5) -> ItemResult:
-        """Classify the M photos of one item; unreadable photos get an error, the rest go on.
+        """Classify the M photos of one item; unreadable or blank photos get an error, the rest go on.
 
         Raises:
-            ValueError: bad declared facts (names the field and the allowed values) or top_k.
+            ValueError: bad declared facts (names the field and the allowed values) or top_k,
+                raised before any photo is decoded.
         """
-        facts = declared if isinstance(declared, DeclaredFacts) else DeclaredFacts.from_dict(declared)
+        facts, top_k = check_arguments(declared, top_k)
+        photos, x = self.prepare(images)
+        return self.predict_item(photos, x, facts, top_k)
+
+    def prepare(self, images: ImageInput | Sequence[ImageInput],
+                stop: threading.Event | None = None) -> tuple[list[PhotoResult], torch.Tensor | None]:
+        """Decode, check and preprocess the photos: every photo's :class:`PhotoResult` (with its
+        error, if any) and the (N, 3, 224, 224) batch of the N usable ones (None when N = 0).
+
+        Raises:
+            Cancelled: ``stop`` was set (checked between photos).
+        """
         photos: list[PhotoResult] = []
         tensors: list[torch.Tensor] = []
         for i, src in enumerate(_as_list(images)):
+            if stop is not None and stop.is_set():
+                raise Cancelled("classification cancelled")
             name = describe_source(src, i)
             try:
-                tensors.append(self.preset(load_image(src, name)))
+                img = load_image(src, name)
+                blank = blank_problem(img)
+                if blank:
+                    raise ImageError(name, blank, "photograph the item itself")
+                tensors.append(self.preset(img))
                 photos.append(PhotoResult(name))
             except ImageError as exc:
                 logger.warning("%s", exc)
                 photos.append(PhotoResult(name, error=str(exc)))
+        return photos, torch.stack(tensors) if tensors else None
+
+    def predict_item(self, photos: list[PhotoResult], x: torch.Tensor | None, facts: DeclaredFacts, top_k: int,
+                     stop: threading.Event | None = None) -> ItemResult:
+        """The network, fusion and tariff for the batch :meth:`prepare` made (fills ``photos`` in)."""
         ok = [p for p in photos if p.error is None]
-        if not ok:
+        if x is None or not ok:
             return ItemResult(photos, None, self.thresholds, model=self.info)
-        out = self.predict_tensors(torch.stack(tensors))
+        out = self.predict_tensors(x, stop)
         gates = self.decision.gate_probs(out["gate"]) if "gate" in out else None  # (M, C)
         fused, cluster = self.decision.item(out["probs"], gates, out.get("suitability"))
         for j, p in enumerate(ok):
@@ -102,13 +138,43 @@ class Classifier:
         return ItemResult(photos, fused, self.thresholds, cluster=cluster, tariff=tariff, model=self.info)
 
 
+def check_arguments(declared: DeclaredFacts | Mapping | None, top_k: int) -> tuple[DeclaredFacts, int]:
+    """``declared`` as :class:`DeclaredFacts` and ``top_k``, checked before any photo is decoded.
+
+    Raises:
+        ValueError: ``declared`` is not a mapping of known facts with valid values, or ``top_k``
+            is not an int >= 1; the message names the argument (and the fact).
+    """
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+        raise ValueError(f"top_k must be an int >= 1, got {top_k!r}")
+    if isinstance(declared, DeclaredFacts):
+        return declared, top_k
+    if declared is not None and not isinstance(declared, Mapping):
+        raise ValueError(f"declared must be a dict of facts (or DeclaredFacts), got {type(declared).__name__}")
+    try:
+        return DeclaredFacts.from_dict(declared), top_k
+    except ValueError:
+        raise
+    except (TypeError, ArithmeticError) as exc:  # e.g. insole_cm=10**400 overflows a float
+        field = next((k for k, v in declared.items() if not _fact_ok(k, v)), "declared")
+        raise ValueError(f"declared {field}: {exc}") from None
+
+
+def _fact_ok(name, value) -> bool:
+    try:
+        DeclaredFacts.from_dict({name: value})
+        return True
+    except Exception:
+        return False
+
+
 @functools.lru_cache(maxsize=4)
 def _cached_classifier(path: str | None, bf16: bool | None) -> Classifier:
     return Classifier(path, bf16=bf16)
 
 
 def _as_list(images) -> list:
-    if isinstance(images, (str, Path, bytes, bytearray, np.ndarray)) or hasattr(images, "getbands"):
+    if isinstance(images, (str, Path, bytes, bytearray, memoryview, np.ndarray)) or hasattr(images, "getbands"):
         return [images]
     if isinstance(images, Iterable):
         return list(images)
@@ -138,8 +204,10 @@ def classify_images(images: ImageInput | Sequence[ImageInput], model: str | Path
         codes with rationale, missing facts and status (see ``result.py``).
 
     Raises:
-        ValueError: bad ``declared`` facts or ``top_k``. Unreadable photos never raise: they
-            get a per-photo error in the result.
+        ValueError: bad ``declared`` facts or ``top_k``, raised before any photo is decoded.
+            Unreadable or blank photos never raise: they get a per-photo error in the result
+            (a blank one: "no shoe in this photo"), and an item with no usable photo gets no
+            attributes and no tariff code.
 
     Example:
         >>> from shoeclass import classify_images

@@ -2,8 +2,12 @@
 
 The metadata is the model card: attributes, backbone, trunk weights and their checksum,
 preprocessing, calibration, clusters, fusion parameters, training data summary, measured metrics
-and the sha256 of the tensor file. Loading refuses a tensor file whose checksum does not match, a
-pickle where safetensors is expected, and metadata for a different attribute list.
+and the sha256 of the tensor file. The card drives loading: the network is built from its
+``model`` (or ``ensemble``) config, the trunk from its ``trunk`` source, photos are normalised with
+its ``preprocessing``. So the card is protected like the tensors: ``card_sha256`` covers every
+other field, and a schema checks types, lengths and ranges (``_card.py``). Loading refuses a card
+of another format version, an edited card (naming the field), a tensor file whose checksum does
+not match, a pickle where safetensors is expected, and metadata for a different attribute list.
 """
 from __future__ import annotations
 
@@ -17,16 +21,18 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from ._card import CHECKSUM_FIELD, card_checksum, card_problem, changed_fields
 from .attributes import OUTPUT_KEYS
 from .assets import asset
 from .backbones import get_backbone
 from .models import EnsembleNet, ModelConfig, ShoeNet, build_model, state_checksum
 
-__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "read_metadata", "resolve_path", "DEFAULT_MODEL"]
+__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "read_metadata", "resolve_path",
+           "reseal_card", "DEFAULT_MODEL", "FORMAT_VERSION"]
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the card carries card_sha256 and is checked by a schema
 TENSORS, METADATA = "model.safetensors", "model.json"
 DEFAULT_MODEL = asset("weights", "default")
 
@@ -76,9 +82,44 @@ def save_checkpoint(model: torch.nn.Module, folder: str | Path, meta: dict) -> P
     tmp.replace(folder / TENSORS)
     meta = dict(meta, format_version=FORMAT_VERSION, attributes=list(OUTPUT_KEYS),
                 model=asdict(model.cfg), sha256=_sha256(folder / TENSORS))
+    if "preprocessing" not in meta:
+        from .data import preprocess_config
+
+        meta["preprocessing"] = preprocess_config(model.cfg.backbone)
+    _write_card(folder, meta)  # metadata last: a folder never holds a checksum of other tensors
+    return folder
+
+
+def _write_card(folder: Path, meta: dict) -> None:
+    meta = json.loads(json.dumps(meta))  # the values as they will read back (tuples as lists ...)
+    meta.pop(CHECKSUM_FIELD, None)
+    problem = card_problem(meta)
+    if problem:
+        raise CheckpointError(f"{folder / METADATA}: field {problem[0]}: {problem[1]}")
+    meta[CHECKSUM_FIELD] = card_checksum(meta)
     tmp = folder / (METADATA + ".tmp")
     tmp.write_text(json.dumps(meta, indent=2, ensure_ascii=False))
-    tmp.replace(folder / METADATA)  # metadata last: a folder never holds a checksum of other tensors
+    tmp.replace(folder / METADATA)
+
+
+def reseal_card(path: str | Path) -> Path:
+    """Bring a format-1 card (no ``card_sha256``) to this format, leaving the tensors untouched.
+
+    The card must pass the schema and its ``sha256`` must match the tensor file; only
+    ``format_version`` and ``card_sha256`` change. For models trained before the card was
+    checksummed (``scripts/reseal_model_card.py``).
+
+    Raises:
+        CheckpointError: the card is of another format, fails the schema or the tensor checksum.
+    """
+    folder = resolve_path(path)
+    meta = _parse_card(folder)
+    if meta.get("format_version") != 1:
+        raise CheckpointError(f"{folder / METADATA}: format_version {meta.get('format_version')!r}; only "
+                              "format 1 cards are resealed")
+    if _sha256(folder / TENSORS) != meta.get("sha256"):
+        raise CheckpointError(f"{folder / TENSORS}: sha256 does not match {METADATA}; not resealed")
+    _write_card(folder, dict(meta, format_version=FORMAT_VERSION))
     return folder
 
 
@@ -89,27 +130,56 @@ def _trainable(model: ShoeNet) -> dict[str, torch.Tensor]:
             **{f"trunk.{k}": v for k, v in model.trunk.tuned_state().items()}}
 
 
-def read_metadata(path: str | Path | None = None) -> dict:
-    """The metadata of a model folder, checked for format and attribute list."""
-    folder = resolve_path(path)
+def _parse_card(folder: Path) -> dict:
     try:
-        meta = json.loads((folder / METADATA).read_text())
-    except json.JSONDecodeError as exc:
+        meta = json.loads((folder / METADATA).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"{folder / METADATA}: not valid JSON ({exc})") from exc
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{folder / METADATA}: a model card is a JSON object, got a {type(meta).__name__}; "
+                              "copy the model folder again from its source")
+    return meta
+
+
+def read_metadata(path: str | Path | None = None) -> dict:
+    """The metadata of a model folder, checked for format, checksum, schema and attribute list.
+
+    Raises:
+        CheckpointError: not a JSON object, another format version, a card changed since it was
+            saved, or a field of the wrong type, length or range (the message names the field).
+    """
+    folder = resolve_path(path)
+    card = folder / METADATA
+    meta = _parse_card(folder)
+    version = meta.get("format_version")
+    if version != FORMAT_VERSION:
+        fix = ("it was written by an older shoeclass; reseal it with `python scripts/reseal_model_card.py "
+               f"{folder}` or retrain" if version == 1 else
+               "it was written by a newer shoeclass; upgrade shoeclass or use a model saved by this version")
+        raise CheckpointError(f"{card}: format_version {version!r}, this shoeclass reads format {FORMAT_VERSION}: {fix}")
     if meta.get("attributes") != list(OUTPUT_KEYS):
         raise CheckpointError(
-            f"{folder / METADATA}: the model predicts {meta.get('attributes')}, this shoeclass expects "
+            f"{card}: the model predicts {meta.get('attributes')}, this shoeclass expects "
             f"{list(OUTPUT_KEYS)}; retrain with `shoeclass train` or use a matching shoeclass version")
+    changed = changed_fields(meta)
+    if changed:
+        raise CheckpointError(f"{card}: field {', '.join(changed[:5])} changed after the model was saved "
+                              f"({CHECKSUM_FIELD} does not match). A model card is part of the model: copy the "
+                              "model folder again from its source, or retrain.")
+    problem = card_problem(meta)
+    if problem:
+        raise CheckpointError(f"{card}: field {problem[0]}: {problem[1]}")
     return meta
 
 
 def load_checkpoint(path: str | Path | None = None,
-                    trunk_weights: str | None = "imagenet") -> tuple[torch.nn.Module, dict]:
+                    trunk_weights: str | None = "card") -> tuple[torch.nn.Module, dict]:
     """Load a model folder with no network access.
 
     Args:
         path: a model folder (None: the shipped default model).
-        trunk_weights: where a frozen trunk's ImageNet weights come from (see ``build_trunk``).
+        trunk_weights: where a frozen trunk's ImageNet weights come from (see ``build_trunk``);
+            ``"card"``: the source the model card names (``trunk.weights``, default ``imagenet``).
 
     Raises:
         CheckpointError: checksum mismatch, not a safetensors file, other attribute list,
@@ -117,6 +187,8 @@ def load_checkpoint(path: str | Path | None = None,
     """
     folder = resolve_path(path)
     meta = read_metadata(folder)
+    if trunk_weights == "card":
+        trunk_weights = meta.get("trunk", {}).get("weights", "imagenet")
     tensors = folder / TENSORS
     if not tensors.is_file():
         raise CheckpointError(f"{tensors}: missing; copy the whole model folder")
@@ -135,7 +207,10 @@ def load_checkpoint(path: str | Path | None = None,
             for i, mcfg in enumerate(meta["ensemble"]["members"]):
                 prefix = f"members.{i}."
                 members.append(_build(ModelConfig(**mcfg), {k.removeprefix(prefix): v for k, v in state.items()
-                                                            if k.startswith(prefix)}, trunk_weights, meta, folder))
+                                                            if k.startswith(prefix)}, trunk_weights, meta, folder,
+                                      check_trunk=i == 0))
+                if i:
+                    _share_stem(members[0], members[i])
             if sum(len(_trainable(m)) for m in members) != len(state):
                 raise KeyError(f"{len(state)} tensors for {len(members)} members")
             return EnsembleNet(members, meta["ensemble"]["flip"]).eval(), meta
@@ -148,8 +223,16 @@ def load_checkpoint(path: str | Path | None = None,
                               "files from the same training run, or retrain.") from exc
 
 
+def _share_stem(first: ShoeNet, other: ShoeNet) -> None:
+    """Members of an ensemble run one frozen stem (EnsembleNet uses the first's): one copy in memory."""
+    a, b = first.trunk.body, other.trunk.body
+    b._conv_stem, b._bn0 = a._conv_stem, a._bn0
+    for j in range(first.trunk.cut):
+        b._blocks[j] = a._blocks[j]
+
+
 def _build(cfg: ModelConfig, state: dict[str, torch.Tensor], trunk_weights: str | None, meta: dict,
-           folder: Path) -> ShoeNet:
+           folder: Path, check_trunk: bool = True) -> ShoeNet:
     """One network from its config and stored tensors, its ImageNet trunk checked against the metadata."""
     model = build_model(cfg, weights=trunk_weights)
     if get_backbone(cfg.backbone).kind == "scratch":
@@ -159,7 +242,7 @@ def _build(cfg: ModelConfig, state: dict[str, torch.Tensor], trunk_weights: str 
     if stray:
         raise KeyError(f"unexpected tensors {stray[:3]}")
     model.heads.load_state_dict({k.removeprefix("heads."): v for k, v in state.items() if k.startswith("heads.")})
-    imagenet_sha = state_checksum(model.trunk) if trunk_weights is not None else None
+    imagenet_sha = state_checksum(model.trunk) if trunk_weights is not None and check_trunk else None
     tuned = {k.removeprefix("trunk."): v for k, v in state.items() if k.startswith("trunk.")}
     if set(tuned) != set(model.trunk.tuned_state()):
         raise KeyError(f"retrained trunk tensors {len(tuned)}, expected {len(model.trunk.tuned_state())}")

@@ -59,6 +59,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.no_progress:
         over["progress"] = False
     logging.getLogger("shoeclass.training").setLevel(logging.INFO)  # loss and validation score per epoch
+    if args.skip_bad:
+        over["skip_bad"] = True
     folder = train_ensemble(args.config, over) if is_ensemble_config(args.config) else train(load_config(args.config, over))
     meta = json.loads((folder / "model.json").read_text())
     summary = meta["metrics"].get("test", {}).get("all", {}).get("summary")
@@ -114,7 +116,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluate import evaluate, save_plots, to_markdown
 
-    report = evaluate(args.data, args.model, args.split, progress=not args.no_progress)
+    report = evaluate(args.data, args.model, args.split, progress=not args.no_progress, skip_bad=args.skip_bad)
     md = to_markdown(report)
     print(md)
     if args.json:
@@ -144,8 +146,9 @@ def cmd_clusters(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from .service import MB, serve  # fastapi and the model only when serving
 
-    serve(args.host, args.port, args.model, max_photos=args.max_photos,
-          max_photo_bytes=int(args.max_photo_mb * MB), max_request_bytes=int(args.max_request_mb * MB))
+    serve(args.host, args.port, args.model, header_timeout=args.header_timeout, max_photos=args.max_photos,
+          max_photo_bytes=int(args.max_photo_mb * MB), max_request_bytes=int(args.max_request_mb * MB),
+          body_timeout=args.body_timeout, request_timeout=args.request_timeout)
     return 0
 
 
@@ -165,6 +168,9 @@ def add_serve_parser(sub: argparse._SubParsersAction, **kw) -> argparse.Argument
     p.add_argument("--max-photos", type=_positive_int, default=12, help="photos per item")
     p.add_argument("--max-photo-mb", type=float, default=10, help="MB per photo")
     p.add_argument("--max-request-mb", type=float, default=50, help="MB per request")
+    p.add_argument("--header-timeout", type=float, default=10, help="s to send the request headers (and keep-alive)")
+    p.add_argument("--body-timeout", type=float, default=10, help="s the body may stall")
+    p.add_argument("--request-timeout", type=float, default=120, help="s per request in all")
     p.set_defaults(func=cmd_serve)
     return p
 
@@ -198,6 +204,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, help="overrides the config")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="other overrides, e.g. model.hidden=512")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="leave out photos that cannot be decoded (each logged with its labels.csv line) "
+                        "instead of stopping at the first; costs one decoding pass")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("classify", help="classify the photos of one item")
@@ -216,6 +225,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", help="write the metrics here")
     p.add_argument("--plots", help="write PNG plots into this folder")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="leave out photos that cannot be decoded (each logged with its labels.csv line) "
+                        "instead of stopping at the first; costs one decoding pass")
     p.set_defaults(func=cmd_evaluate)
     p = sub.add_parser("clusters", help="print the attribute clusters a model found and gates on")
     p.add_argument("--model", help="model folder (default: the shipped model)")

@@ -16,8 +16,8 @@ from PIL import Image, ImageOps
 from tqdm.auto import tqdm
 
 from .backbones import get_backbone
-from .images import load_image
-from .labels import LabelTable
+from .images import ImageError, load_image
+from .labels import LabelTable, unreadable_photo
 
 __all__ = ["EvalPreset", "PhotoDataset", "table_outputs", "preprocess_config", "square", "brighten"]
 
@@ -50,11 +50,13 @@ class EvalPreset:
     """Deterministic preprocessing: PIL RGB image -> (3, 224, 224) normalised float tensor."""
 
     backbone: str
+    mean: tuple[float, ...] | None = None  # None: the backbone's; a model card's otherwise
+    std: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         b = get_backbone(self.backbone)  # ValueError for an unknown backbone
-        self._mean = torch.tensor(b.mean).view(3, 1, 1)
-        self._std = torch.tensor(b.std).view(3, 1, 1)
+        self._mean = torch.tensor(self.mean or b.mean).view(3, 1, 1)
+        self._std = torch.tensor(self.std or b.std).view(3, 1, 1)
 
     def pixels(self, img: Image.Image) -> np.ndarray:
         """(224, 224, 3) uint8 after squaring, resizing and brightening."""
@@ -70,7 +72,9 @@ class EvalPreset:
 
 
 class PhotoDataset(torch.utils.data.Dataset):
-    """Photos of a :class:`LabelTable` as ``(image tensor, (14,) labels, row index)``."""
+    """Photos of a :class:`LabelTable` as ``(image tensor, (14,) labels, row index, error)``; a photo
+    that cannot be used gives a zero tensor and its error ("" otherwise), so the reader can name
+    its line in labels.csv (an exception raised in a DataLoader worker would carry a traceback)."""
 
     def __init__(self, table: LabelTable, preset: EvalPreset) -> None:
         self.table, self.preset = table, preset
@@ -79,20 +83,30 @@ class PhotoDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.table)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, int]:
-        img = load_image(self._paths[i])
-        return self.preset(img), torch.from_numpy(self.table.y[i]), i
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, int, str]:
+        try:
+            x, error = self.preset(load_image(self._paths[i])), ""
+        except ImageError as exc:
+            x, error = torch.zeros(3, SIZE, SIZE), str(exc)
+        return x, torch.from_numpy(self.table.y[i]), i, error
 
 
 def table_outputs(fn, table: LabelTable, preset: EvalPreset, batch_size: int = 64, num_workers: int = 1,
                   progress: bool = True, desc: str = "predict") -> dict[str, np.ndarray]:
     """Every output of ``fn`` ((B, 3, 224, 224) photos -> dict of (B, K) arrays) for every photo
     of a table, read and preprocessed by ``preset`` in batches: each output as an (N, K) array of
-    the dtype ``fn`` returns (the feature cache fills float16 directly)."""
+    the dtype ``fn`` returns (the feature cache fills float16 directly).
+
+    Raises:
+        LabelsError: a photo cannot be used; names its line in labels.csv (the run stops there).
+    """
     loader = torch.utils.data.DataLoader(PhotoDataset(table, preset), batch_size=batch_size,
                                          num_workers=num_workers)
     out: dict[str, np.ndarray] = {}
-    for x, _, idx in tqdm(loader, desc=desc, disable=not progress):
+    for x, _, idx, errors in tqdm(loader, desc=desc, disable=not progress):
+        bad = next((j for j, e in enumerate(errors) if e), None)
+        if bad is not None:
+            raise unreadable_photo(table, int(idx[bad]), errors[bad])
         for k, v in fn(x).items():
             out.setdefault(k, np.empty((len(table), v.shape[1]), v.dtype))[idx.numpy()] = v
     return out

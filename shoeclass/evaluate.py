@@ -25,9 +25,11 @@ def predict_table(clf: Classifier, table: LabelTable, batch_size: int = 64, num_
 
 
 def evaluate(data: str | Path, model: str | Path | None = None, split: str = "test",
-             progress: bool = True) -> dict:
-    """Metrics of ``model`` (None: the shipped default) on a split of the dataset at ``data``."""
-    table = read_labels(data)
+             progress: bool = True, skip_bad: bool = False) -> dict:
+    """Metrics of ``model`` (None: the shipped default) on a split of the dataset at ``data``;
+    ``skip_bad`` leaves out photos that cannot be decoded (else the first stops the run, named
+    with its line)."""
+    table = read_labels(data, skip_bad=skip_bad)
     part = table.subset(table.split == split) if split != "all" else table
     if len(part) == 0:
         raise ValueError(f"{data}: split {split!r} has no photos; splits present: {sorted(set(table.split))}")

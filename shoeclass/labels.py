@@ -3,7 +3,11 @@
 ``read_labels`` checks the whole file before anything trains on it, so a bad cell fails in a
 second with its file, line and column instead of mid-epoch: the header (every column present,
 none twice), each row (its number of fields, label values 0 / 0.5 / 1, a known split, a
-non-empty image path that exists and appears once), and, on request, that splits are not empty.
+non-empty image path inside the dataset folder that exists and appears once -- compared after
+normalisation, so ``./img/p3.jpg`` is a duplicate of ``img/p3.jpg``), and, on request, that splits
+are not empty. A photo that cannot be decoded is found when it is read for training or
+evaluation: :func:`unreadable_photo` names its file and line, and ``read_labels(skip_bad=True)``
+(``--skip-bad``) leaves such photos out up front instead.
 Up to :data:`MAX_PROBLEMS` problems are reported at once so a file is fixed in one pass.
 
 What is not policed: extra columns (ignored), the values of item / source / src_class / origin,
@@ -14,7 +18,9 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import os
+import posixpath
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +29,10 @@ import numpy as np
 
 from .attributes import MASK, OUTPUT_KEYS
 
-__all__ = ["LabelsError", "LabelTable", "read_labels", "META_COLUMNS", "SPLITS", "MAX_PROBLEMS", "class_weights"]
+__all__ = ["LabelsError", "LabelTable", "read_labels", "unreadable_photo", "META_COLUMNS", "SPLITS", "MAX_PROBLEMS",
+           "class_weights"]
+
+logger = logging.getLogger(__name__)
 
 META_COLUMNS = ("image", "item", "source", "src_class", "split", "origin")
 SPLITS = ("train", "val", "test")
@@ -69,6 +78,7 @@ class LabelTable:
     split: np.ndarray
     origin: np.ndarray
     y: np.ndarray  # (N, 14) float32
+    line: np.ndarray | None = None  # (N,) the row's line in labels.csv, for messages
 
     def __len__(self) -> int:
         return len(self.image)
@@ -78,17 +88,20 @@ class LabelTable:
 
     def subset(self, mask: np.ndarray) -> "LabelTable":
         return LabelTable(self.root, self.image[mask], self.item[mask], self.source[mask],
-                          self.split[mask], self.origin[mask], self.y[mask])
+                          self.split[mask], self.origin[mask], self.y[mask],
+                          None if self.line is None else self.line[mask])
 
 
 def read_labels(path: str | Path, *, check_images: bool = True,
-                require_splits: Iterable[str] = ()) -> LabelTable:
+                require_splits: Iterable[str] = (), skip_bad: bool = False) -> LabelTable:
     """Read ``labels.csv`` (or a folder holding it); image paths are relative to its folder.
 
     Args:
         path: the file, or the dataset folder that holds ``labels.csv``.
         check_images: check that every image file exists (one ``os.path.exists`` per row).
         require_splits: splits that must have rows, e.g. ``("train", "val")`` before training.
+        skip_bad: decode every photo now and leave out those that cannot be used (each logged
+            with its line); one decoding pass over the dataset.
 
     Returns:
         The :class:`LabelTable`, rows in file order.
@@ -122,6 +135,7 @@ def read_labels(path: str | Path, *, check_images: bool = True,
     ys: list[list[float]] = []
     problems: list[tuple[int | None, str | None, str]] = []
     seen: dict[str, int] = {}
+    lines: list[int] = []
     root = path.parent
     for row in rows:
         line = reader.line_num
@@ -134,6 +148,7 @@ def read_labels(path: str | Path, *, check_images: bool = True,
             problems.append((line, None, f"{len(row)} fields, the header has {len(header)}"))
             continue
         values = [row[col[c]] for c in META_COLUMNS]
+        values[0] = _normalise(values[0])
         problems += _check_meta(values, line, root, seen, check_images)
         y = []
         for key in OUTPUT_KEYS:
@@ -148,13 +163,47 @@ def read_labels(path: str | Path, *, check_images: bool = True,
         for c, v in zip(META_COLUMNS, values):
             meta[c].append(v)
         ys.append(y)
+        lines.append(line)
     present = set(meta["split"])
     problems += [(None, "split", f"the {s} split has no rows") for s in require_splits if s not in present]
     if problems:
         raise _error(path, problems)
     cols = {c: np.array(v, dtype=object) for c, v in meta.items()}
     y_arr = np.array(ys, dtype=np.float32).reshape(len(ys), len(OUTPUT_KEYS))
-    return LabelTable(root, cols["image"], cols["item"], cols["source"], cols["split"], cols["origin"], y_arr)
+    table = LabelTable(root, cols["image"], cols["item"], cols["source"], cols["split"], cols["origin"], y_arr,
+                       np.array(lines, dtype=np.int64))
+    return _without_unreadable(table, path) if skip_bad else table
+
+
+def unreadable_photo(table: LabelTable, i: int, problem: str) -> LabelsError:
+    """The error for row ``i`` of ``table`` whose photo cannot be used: file, line and why."""
+    path = table.root / "labels.csv"
+    line = int(table.line[i]) if table.line is not None else None
+    where = f"line {line}, " if line is not None else ""
+    return LabelsError(f"{path}: {where}column image: {problem}; fix or remove the photo, or pass --skip-bad "
+                       "to leave unreadable photos out", path, [(line, "image", problem)])
+
+
+def _without_unreadable(table: LabelTable, path: Path) -> LabelTable:
+    from .images import ImageError, load_image  # labels.py reads CSV; decoding is needed only here
+
+    keep = np.ones(len(table), dtype=bool)
+    for i, photo in enumerate(table.paths()):
+        try:
+            load_image(photo)
+        except ImageError as exc:
+            keep[i] = False
+            logger.warning("%s: line %d: left out (--skip-bad): %s", path, table.line[i], exc)
+    if not keep.all():
+        logger.warning("%s: %d of %d photos left out as unreadable", path, int((~keep).sum()), len(table))
+    return table.subset(keep)
+
+
+def _normalise(image: str) -> str:
+    """One spelling per photo: forward slashes, no ``.`` or ``a/..`` parts (``./img/p3.jpg`` is ``img/p3.jpg``)."""
+    if not image.strip():
+        return image
+    return posixpath.normpath(image.replace("\\", "/"))
 
 
 def _rows(path: Path, reader):
@@ -209,6 +258,9 @@ def _check_meta(values: list[str], line: int, root: Path, seen: dict[str, int], 
     out = []
     if not image.strip():
         out.append((line, "image", "empty image path"))
+    elif posixpath.isabs(image) or os.path.isabs(image) or image == ".." or image.startswith("../"):
+        out.append((line, "image", f"{image} is outside the dataset folder {root} (paths are relative to it "
+                                   "and stay inside it)"))
     elif image in seen:
         out.append((line, "image", f"{image} is already on line {seen[image]} (each photo once)"))
     else:

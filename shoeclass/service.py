@@ -1,10 +1,16 @@
 """HTTP JSON API for declaration software: the photos of an item in, ``ItemResult.to_dict()`` out.
 
 The model is loaded once, when the app is created; requests share it and run their CPU-bound
-classification in the threadpool, at most ``max_concurrent`` at a time (the trunk already uses
-every core, more at once only costs memory). Limits on request, photo size and photo count are
-checked before anything is decoded; every error is JSON ``{"detail": str, ...}`` and never a
-traceback. The request and response formats are in docs/service.md.
+work in the threadpool: at most ``max_concurrent`` decode their photos at a time and, separately,
+at most ``max_concurrent`` run the network (the trunk already uses every core, more at once only
+costs memory), so a photo being decoded or refused never holds the network from another request.
+Limits on request, photo size and photo count are checked before anything is decoded, and each
+photo's decoding is bounded by the loader's decode budget. Timeouts: a connection that has not
+sent its request headers within ``header_timeout`` is closed; a body whose next bytes do not
+arrive within ``body_timeout`` is answered 408; a request still running after ``request_timeout``
+is answered 503 and its classification stopped, as it is when the client disconnects. Every error
+is JSON ``{"detail": str, ...}`` and never a traceback. The request and response formats are in
+docs/service.md.
 
 Example:
     >>> app = create_app("weights/default")          # doctest: +SKIP
@@ -12,6 +18,7 @@ Example:
 """
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import inspect
@@ -21,38 +28,26 @@ import threading
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
+from fastapi import FastAPI, File, Form, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import __version__
-from .api import Classifier
+from ._guard import STOP, Guard, Rejected, error_response as _error
+from .api import Cancelled, Classifier, check_arguments
 from .result import SCHEMA_VERSION
 from .facts import ALIASES, FACTS, DeclaredFacts, parse_fact
 
-__all__ = ["create_app", "serve", "DECLARED_FIELDS"]
+__all__ = ["create_app", "serve", "server_config", "DECLARED_FIELDS"]
 
 logger = logging.getLogger(__name__)
 
 MB = 1024 * 1024
 # Request field -> DeclaredFacts field (shoeclass.facts.FACTS: the field names and their aliases).
 DECLARED_FIELDS = dict(ALIASES)
-
-
-def _error(status: int, detail: str, errors: list[dict] | None = None) -> JSONResponse:
-    return JSONResponse({"detail": detail, "errors": errors or []}, status_code=status)
-
-
-class Rejected(HTTPException):
-    """A request refused because of one field: ``{"detail": "field: message", "errors": [...]}``."""
-
-    def __init__(self, status: int, field: str, message: str) -> None:
-        super().__init__(status, f"{field}: {message}")
-        self.field, self.message = field, message
 
 
 def _field(loc: tuple) -> str:
@@ -65,50 +60,6 @@ def _field(loc: tuple) -> str:
     return out or "body"
 
 
-class _Guard:
-    """ASGI middleware: refuses bodies over ``max_bytes`` (Content-Length first, then the bytes
-    actually received) and turns any unexpected exception into a generic JSON 500."""
-
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app, self.max_bytes = app, max_bytes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        too_big = Rejected(413, "body", f"request body over the limit of {self.max_bytes} bytes")
-        length = dict(scope["headers"]).get(b"content-length", b"")
-        if length.isdigit() and int(length) > self.max_bytes:  # refused before a byte of it is read
-            return await _error(413, too_big.detail, [{"field": "body", "message": too_big.message}])(
-                scope, receive, send)
-        received, started = 0, False
-
-        async def counting_receive() -> Message:
-            nonlocal received
-            message = await receive()
-            received += len(message.get("body", b""))
-            if received > self.max_bytes:
-                raise too_big
-            return message
-
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            started |= message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, counting_receive, tracking_send)
-        except Rejected as exc:  # raised by counting_receive outside a route's handlers
-            if started:
-                raise
-            await _error(exc.status_code, exc.detail, [{"field": exc.field, "message": exc.message}])(
-                scope, receive, send)
-        except Exception:
-            logger.exception("unexpected error on %s %s", scope.get("method"), scope.get("path"))
-            if started:
-                raise
-            await _error(500, "internal server error; the server log has the details")(scope, receive, send)
-
-
 def _facts(fields: dict[str, Any], where: str = "") -> DeclaredFacts:
     """DeclaredFacts from request fields; a bad one is a 422 naming it and the allowed values."""
     data = {}
@@ -119,7 +70,7 @@ def _facts(fields: dict[str, Any], where: str = "") -> DeclaredFacts:
             raise Rejected(422, f"{where}{name}", f"unknown declared fact; allowed: {sorted(ALIASES)}")
         try:
             parse_fact(name, value)
-        except ValueError as exc:
+        except (ValueError, TypeError, OverflowError) as exc:  # also a number too large, a list where a value goes
             raise Rejected(422, f"{where}{name}", str(exc)) from None
         if ALIASES[name] in data:
             raise Rejected(422, f"{where}{name}", f"{ALIASES[name]} is given twice")
@@ -167,7 +118,8 @@ class BatchRequest(BaseModel):
 
 def create_app(model: str | Path | Classifier | None = None, *, max_photos: int = 12,
                max_photo_bytes: int = 10 * MB, max_request_bytes: int = 50 * MB,
-               max_batch_items: int = 64, max_concurrent: int = 2) -> FastAPI:
+               max_batch_items: int = 64, max_concurrent: int = 2, body_timeout: float = 10.0,
+               request_timeout: float = 120.0) -> FastAPI:
     """The FastAPI app serving one model.
 
     Args:
@@ -176,7 +128,10 @@ def create_app(model: str | Path | Classifier | None = None, *, max_photos: int 
         max_photo_bytes: bytes per photo (more: 413).
         max_request_bytes: bytes per request body (more: 413, before it is read when Content-Length says so).
         max_batch_items: items per /v1/classify/batch request (more: 422).
-        max_concurrent: classifications running at once; others wait.
+        max_concurrent: requests decoding photos at once, and separately requests running the
+            network at once; others wait.
+        body_timeout: seconds the body may stall between two chunks (more: 408).
+        request_timeout: seconds a request may take in all (more: 503, its classification stopped).
 
     Raises:
         CheckpointError: the model folder cannot be loaded.
@@ -186,17 +141,22 @@ def create_app(model: str | Path | Classifier | None = None, *, max_photos: int 
                         ("max_concurrent", max_concurrent)]:
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+    for name, value in [("body_timeout", body_timeout), ("request_timeout", request_timeout)]:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+            raise ValueError(f"{name} must be a number of seconds > 0, got {value!r}")
     clf = model if isinstance(model, Classifier) else Classifier(model)
     meta = clf.meta
-    slots = threading.BoundedSemaphore(max_concurrent)
+    slots, decoders = threading.BoundedSemaphore(max_concurrent), threading.BoundedSemaphore(max_concurrent)
     limits = {"max_photos": max_photos, "max_photo_bytes": max_photo_bytes,
-              "max_request_bytes": max_request_bytes, "max_batch_items": max_batch_items}
+              "max_request_bytes": max_request_bytes, "max_batch_items": max_batch_items,
+              "body_timeout_s": body_timeout, "request_timeout_s": request_timeout}
     logger.info("serving model %s (%s)", clf.path, meta["sha256"][:12])
 
     app = FastAPI(title="shoeclass", version=__version__,
                   description="Visual attributes of footwear photos and their TN VED / HS 6401-6405 codes. "
                               f"Results follow schema_version {SCHEMA_VERSION} (docs/service.md).")
-    app.add_middleware(_Guard, max_bytes=max_request_bytes)
+    app.add_middleware(Guard, max_bytes=max_request_bytes, body_timeout=body_timeout,
+                       request_timeout=request_timeout)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -222,14 +182,39 @@ def create_app(model: str | Path | Classifier | None = None, *, max_photos: int 
             if size > max_photo_bytes:
                 raise Rejected(413, f"{where}photos[{j}]", f"{size} bytes, at most {max_photo_bytes} per photo")
 
-    def classify(blobs: list[bytes], names: list[str], facts: DeclaredFacts, top_k: int | None) -> dict:
+    def classify(blobs: list[bytes], names: list[str], facts: DeclaredFacts, top_k: int | None,
+                 stop: threading.Event) -> dict:
+        with decoders:
+            photos, x = clf.prepare(blobs, stop)
         with slots:
-            result = clf.classify(blobs, declared=facts, **({} if top_k is None else {"top_k": top_k}))
+            result = clf.predict_item(photos, x, facts, 5 if top_k is None else top_k, stop)
         for p, name in zip(result.photos, names):  # "<bytes #j>" in the API; the client knows file names
             if p.error and p.error.startswith(p.photo + ": "):
                 p.error = name + p.error[len(p.photo):]
             p.photo = name
         return result.to_dict()
+
+    async def run(request: Request, *job) -> dict | None:
+        """``classify(*job)`` in the threadpool, stopped when the client disconnects (None then)."""
+        stop = request.scope.get(STOP) or threading.Event()
+
+        async def watch() -> None:
+            while not stop.is_set():
+                if await request.is_disconnected():
+                    logger.info("client gone: stopping the classification of %s", request.url.path)
+                    stop.set()
+                await asyncio.sleep(0.05)
+
+        watcher = asyncio.create_task(watch())
+        try:
+            return await run_in_threadpool(classify, *job, stop)
+        except Cancelled:
+            return None
+        finally:
+            watcher.cancel()
+
+    def gone() -> JSONResponse:  # the client disconnected or the deadline passed: nobody reads this
+        return _error(503, "request: stopped (client disconnected or request timeout)")
 
     @app.get("/healthz", summary="liveness: the model is loaded")
     async def healthz() -> dict:
@@ -260,16 +245,20 @@ def create_app(model: str | Path | Classifier | None = None, *, max_photos: int 
         unknown = sorted(set(form.keys()) - set(ALIASES) - {"photos", "top_k"})
         if unknown:
             raise Rejected(422, unknown[0], f"unknown form field; allowed: photos, top_k, {sorted(ALIASES)}")
+        twice = sorted(k for k in form.keys() if k != "photos" and len(form.getlist(k)) > 1)
+        if twice:
+            raise Rejected(422, twice[0], "sent more than once; send each field once")
         facts = _facts({k: form.get(k) for k in ALIASES if k in form})
         check_photos([p.size or 0 for p in photos])
         blobs = [await p.read() for p in photos]  # all in memory at most max_request_bytes
         check_photos([len(b) for b in blobs])
         names = [p.filename or f"photos[{j}]" for j, p in enumerate(photos)]
-        return JSONResponse(await run_in_threadpool(classify, blobs, names, facts, top_k))
+        result = await run(request, blobs, names, facts, top_k)
+        return gone() if result is None else JSONResponse(result)
 
     @app.post("/v1/classify/batch", summary="classify several items (JSON, base64 photos)",
               response_description='{"schema_version", "items": [{"id", "result": ItemResult.to_dict()}]}')
-    async def classify_batch(body: BatchRequest) -> JSONResponse:
+    async def classify_batch(request: Request, body: BatchRequest) -> JSONResponse:
         if len(body.items) > max_batch_items:
             raise Rejected(422, "items", f"{len(body.items)} items, at most {max_batch_items} per request")
         jobs = []
@@ -284,14 +273,33 @@ def create_app(model: str | Path | Classifier | None = None, *, max_photos: int 
             check_photos([len(b) for b in blobs], where)
             names = [p.name or f"photos[{j}]" for j, p in enumerate(item.photos)]
             jobs.append((item.id, blobs, names, _facts(item.declared or {}, where + "declared."), item.top_k))
-        results = [{"id": job[0], "result": await run_in_threadpool(classify, *job[1:])} for job in jobs]
+        results = []
+        for job in jobs:
+            result = await run(request, *job[1:])
+            if result is None:
+                return gone()
+            results.append({"id": job[0], "result": result})
         return JSONResponse({"schema_version": SCHEMA_VERSION, "items": results})
 
     return app
 
 
-def serve(host: str = "127.0.0.1", port: int = 8080, model: str | Path | None = None, **limits: int) -> None:
+def server_config(app: FastAPI, host: str = "127.0.0.1", port: int = 8080, header_timeout: float = 10.0,
+                  log_level: str = "info") -> "uvicorn.Config":
+    """uvicorn's settings for ``app``: connections that send no complete request headers within
+    ``header_timeout`` s (idle, or trickling them byte by byte) are closed, as are idle
+    keep-alive connections after the same time."""
+    import uvicorn
+
+    from ._guard import header_timeout_protocol
+
+    return uvicorn.Config(app, host=host, port=port, log_level=log_level, timeout_keep_alive=header_timeout,
+                          http=header_timeout_protocol(header_timeout))
+
+
+def serve(host: str = "127.0.0.1", port: int = 8080, model: str | Path | None = None, header_timeout: float = 10.0,
+          **limits: Any) -> None:
     """Load the model and serve the API with uvicorn until interrupted."""
     import uvicorn
 
-    uvicorn.run(create_app(model, **limits), host=host, port=port, log_level="info")
+    uvicorn.Server(server_config(create_app(model, **limits), host, port, header_timeout)).run()

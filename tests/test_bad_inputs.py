@@ -22,6 +22,7 @@ REPO = Path(__file__).resolve().parent.parent
 BAD = REPO / "tests" / "data" / "bad"
 EXPECTED = yaml.safe_load((BAD / "expected.yaml").read_text(encoding="utf-8"))
 CASES = {**EXPECTED["files"], **EXPECTED["inputs"]}
+NO_SHOE = "no shoe in this photo"  # loads, then refused before the network as blank
 OK = [name for name, want in EXPECTED["files"].items() if want == "ok"]
 
 _spec = importlib.util.spec_from_file_location("make_bad_corpus", REPO / "scripts" / "make_bad_corpus.py")
@@ -66,7 +67,7 @@ def test_corpus_matches_its_script(tmp_path: Path) -> None:
 @pytest.mark.parametrize("name", list(CASES))
 def test_load_image(name: str) -> None:
     want = CASES[name]
-    if want == "ok":
+    if want in ("ok", NO_SHOE):
         img = load_image(source(name))
         assert img.mode == "RGB" and MIN_SIDE <= min(img.size) and max(img.size) <= MAX_SIDE
         return
@@ -78,7 +79,7 @@ def test_load_image(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", ["exif_rotated.jpg", "cmyk.jpg", "greyscale.jpg", "rgb16.png", "photo.webp",
-                                  "photo.bmp", "photo.tiff", "jpeg_named.heic", "ботинок_фото.jpg",
+                                  "animated.webp", "jpeg_named.heic", "ботинок_фото.jpg",
                                   "папка/сапог 2.jpg", "corrupt_exif.jpg", "progressive.jpg"])
 def test_decoded_pixels_are_the_upright_boot(name: str) -> None:
     """Same drawing as the script made, upright: red shaft at the top, dark sole at the bottom."""
@@ -109,10 +110,6 @@ def test_16_bit_is_scaled_not_clipped() -> None:
     assert (pixels("rgb16.png") == np.asarray(corpus.boot())).all()
 
 
-def test_animation_gives_its_first_frame() -> None:
-    assert (np.abs(pixels("animated.gif") - (220, 0, 0)) <= 2).all()
-
-
 def test_large_images_are_reduced_early(monkeypatch) -> None:
     drafted = []
     real = JpegImagePlugin.JpegImageFile.draft
@@ -125,7 +122,7 @@ def test_large_images_are_reduced_early(monkeypatch) -> None:
     monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "draft", spy)
     img = load_image(BAD / "large_8192x4096.jpg")
     assert drafted == [(4096, 2048)]  # libjpeg decoded at half scale: 8 MP in memory, not 33 MP
-    assert img.size == (2048, 1024) and (np.abs(np.asarray(img, np.int16) - (180, 150, 120)) <= 3).all()
+    assert img.size == (2048, 1024) and (np.abs(np.asarray(img, np.int16)[:200, :200] - (180, 150, 120)) <= 3).all()
     assert load_image(BAD / "large_6000x4000.png").size == (2048, 1365)
 
 
@@ -146,7 +143,7 @@ def test_pil_and_array_inputs() -> None:
 def test_bytes_inputs_behave_like_files() -> None:
     for name, want in EXPECTED["files"].items():
         data = (BAD / name).read_bytes()
-        if want == "ok":
+        if want in ("ok", NO_SHOE):
             assert load_image(data).mode == "RGB"
         else:
             with pytest.raises(ImageError, match=want.replace("(", r"\(").replace(")", r"\)")):
@@ -200,3 +197,98 @@ def test_classification_writes_nothing(model_dir: Path, tmp_path: Path, monkeypa
     classify_images([str(BAD / "truncated.jpg")], model=clf)
     assert os.listdir(cwd) == [] and os.listdir(home) == [] and os.listdir(tmp) == []
     assert {k: _snapshot(k) for k in before} == before
+
+
+def special_inputs(tmp: Path) -> list[tuple]:
+    """Inputs that are not plain files or not plain bytes, made here (a FIFO, links, a closed
+    image ...): input -> a substring of its error, or "ok"."""
+    os.mkfifo(tmp / "pipe.jpg")
+    (tmp / "loop_a.jpg").symlink_to(tmp / "loop_b.jpg")
+    (tmp / "loop_b.jpg").symlink_to(tmp / "loop_a.jpg")
+    (tmp / "broken.jpg").symlink_to(tmp / "nowhere.jpg")
+    closed = Image.open(BAD / "progressive.jpg")
+    closed.load()
+    closed.close()
+    good = (BAD / "progressive.jpg").read_bytes()
+    return [
+        ("/dev/zero", "is a device, not a photo file"),
+        (str(tmp / "pipe.jpg"), "is a named pipe (FIFO)"),
+        (str(tmp / "loop_a.jpg"), "a symbolic link loop"),
+        (str(tmp / "broken.jpg"), "a broken symbolic link"),
+        (str(tmp / ("x" * 5000 + ".jpg")), "the path is too long"),
+        (str(tmp / ("d" * 300) / "p.jpg"), "the path is too long"),
+        (str(BAD / "progressive.jpg" / "p.jpg"), "a part of the path is a file"),
+        ("nul\0.jpg", "NUL character"),
+        (str(BAD / "progressive.jpg").encode(), "looks like a file path given as bytes"),
+        (memoryview(good), "ok"),
+        (memoryview(good)[::2], "not an image in a known format"),  # a strided view: every other byte
+        (Image.open(BAD / "truncated.jpg"), "the file is truncated"),  # lazy: fails on first decode
+        (closed, "the PIL image is closed"),
+        (Image.open(BAD / "scan_bomb_2000.jpg"), "a JPEG of more than 64 scans"),  # lazy: the file's limits
+        (Image.open(BAD / "large_8192x4096.jpg"), "ok"),  # lazy: decoded at reduced scale, not refused
+        (Image.open(BAD / "photo.tiff"), "a TIFF file, which shoeclass does not read"),  # lazy TIFF
+    ]
+
+
+def test_special_inputs_name_what_they_are(tmp_path: Path) -> None:
+    for src, want in special_inputs(tmp_path):
+        if want == "ok":
+            assert load_image(src).mode == "RGB"
+            continue
+        with pytest.raises(ImageError) as info:
+            load_image(src)
+        assert want in str(info.value), (src, str(info.value))
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any folder")
+def test_a_folder_without_read_permission(tmp_path: Path) -> None:
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    (locked / "p.jpg").write_bytes((BAD / "progressive.jpg").read_bytes())
+    locked.chmod(0)
+    try:
+        with pytest.raises(ImageError, match="permission denied"):
+            load_image(locked / "p.jpg")
+    finally:
+        locked.chmod(0o700)
+
+
+def test_whole_corpus_mixed_with_one_good_photo(clf: Classifier, tmp_path: Path) -> None:
+    """Every bad entry of the corpus and every special input, with one good photo among them at
+    the start, the middle and the end: the good photo is always classified, the rest refused."""
+    bad = [source(n) for n, want in CASES.items() if want != "ok"] + [
+        src for src, want in special_inputs(tmp_path) if want != "ok"]
+    good = str(BAD / "ботинок_фото.jpg")
+    alone = clf.classify([good]).to_dict()
+    for at in (0, len(bad) // 2, len(bad)):
+        photos = bad[:at] + [good] + bad[at:]
+        d = clf.classify(photos).to_dict()
+        assert [p["error"] is None for p in d["photos"]] == [i == at for i in range(len(photos))]
+        assert d["attributes"] == pytest.approx(alone["attributes"], abs=1e-6)
+        assert d["tariff"] is not None
+
+
+def test_argument_errors_come_before_any_photo_is_decoded(clf: Classifier, monkeypatch) -> None:
+    import shoeclass.api as api
+
+    decoded = []
+    monkeypatch.setattr(api, "load_image", lambda *a, **k: decoded.append(a))
+    for declared, top_k, msg in [(42, 5, "declared must be a dict"), ({"insole_cm": 10 ** 400}, 5, "insole_cm"),
+                                 ({"insole_cm": float("nan")}, 5, "insole_cm"), (None, 0, "top_k"),
+                                 (None, True, "top_k"), (None, "5", "top_k")]:
+        with pytest.raises(ValueError, match=msg):
+            classify_images([str(BAD / "progressive.jpg")], model=clf, declared=declared, top_k=top_k)
+    assert decoded == []
+
+
+def test_a_memoryview_is_one_photo(clf: Classifier) -> None:
+    d = clf.classify(memoryview((BAD / "ботинок_фото.jpg").read_bytes())).to_dict()
+    assert len(d["photos"]) == 1 and d["photos"][0]["error"] is None
+
+
+@pytest.mark.parametrize("name", ["blank_grey.jpg", "blank_black.png", "blank_white.webp", "scans_64.jpg"])
+def test_blank_photos_get_no_tariff_code(clf: Classifier, name: str) -> None:
+    d = clf.classify([str(BAD / name)]).to_dict()
+    assert NO_SHOE in d["photos"][0]["error"] and d["tariff"] is None and d["attributes"] is None
+    nan = np.full((64, 64, 3), 0, np.uint8)  # what an all-NaN float image becomes
+    assert NO_SHOE in clf.classify([nan]).to_dict()["photos"][0]["error"]

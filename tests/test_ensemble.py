@@ -72,6 +72,9 @@ def test_ensemble_folder_stores_float16_and_loads_back(members, tmp_path):
     loaded, meta = load_checkpoint(tmp_path / "ens")
     assert isinstance(loaded, EnsembleNet) and loaded.flip and len(loaded.members) == 2
     assert meta["ensemble"]["members"][1]["tuned_blocks"] == 1
+    first, second = (m.trunk.body for m in loaded.members)  # one frozen stem in memory, shared
+    assert second._conv_stem is first._conv_stem and second._blocks[0] is first._blocks[0]
+    assert second._blocks[-1] is not first._blocks[-1]  # each member's own tuned tail
     x = torch.rand(2, 3, 224, 224)
     with torch.inference_mode():
         torch.testing.assert_close(loaded(x)["logits"], net(x)["logits"], rtol=1e-2, atol=1e-2)

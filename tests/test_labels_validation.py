@@ -190,3 +190,39 @@ def test_many_problems_are_reported_at_once(ds: Path) -> None:
     assert len(err.problems) == 17 and str(err).count("\n  ") == MAX_PROBLEMS
     assert (22, "split", "'dev' is not one of train, val, test") in err.problems
     assert "line 12, column sports" not in str(err)
+
+
+@pytest.mark.parametrize("path", ["../../x.jpg", "images/../../x.jpg", "/etc/passwd"])
+def test_paths_outside_the_dataset_folder_are_refused(ds: Path, path: str) -> None:
+    (ds.parent / "x.jpg").write_bytes((ds / "images" / "p000.jpg").read_bytes())  # exists, but outside
+    table = rows(ds)
+    table[3]["image"] = path
+    write(ds, table)
+    err = refused(ds, "line 5, column image", "outside the dataset folder")
+    assert err.problems[0][:2] == (5, "image")
+
+
+def test_paths_are_normalised_before_the_duplicate_check(ds: Path) -> None:
+    table = rows(ds)
+    table[5]["image"] = "./" + table[2]["image"]
+    write(ds, table)
+    refused(ds, "line 7, column image", "images/p002.jpg is already on line 4")
+    table[5]["image"] = "images/x/../" + table[2]["image"].split("/")[1]
+    write(ds, table)
+    refused(ds, "line 7, column image", "is already on line 4")
+
+
+def test_an_unreadable_photo_is_named_with_its_line_or_left_out(ds: Path) -> None:
+    from shoeclass.data import EvalPreset, table_outputs
+
+    (ds / "images" / "p004.jpg").write_bytes((ds / "images" / "p004.jpg").read_bytes()[:300])  # cut off
+    table = read_labels(ds)
+    with pytest.raises(LabelsError) as info:
+        table_outputs(lambda x: {"m": x.mean((1, 2, 3))[:, None].numpy()}, table, EvalPreset("lenet"),
+                      batch_size=8, num_workers=0, progress=False)
+    msg = str(info.value)
+    assert msg.startswith(f"{ds / 'labels.csv'}: line 6, column image: ") and "p004.jpg" in msg
+    assert "truncated" in msg and "--skip-bad" in msg and "Traceback" not in msg
+    kept = read_labels(ds, skip_bad=True)
+    assert len(kept) == len(table) - 1 and "images/p004.jpg" not in set(kept.image)
+    assert list(kept.line[:5]) == [2, 3, 4, 5, 7]

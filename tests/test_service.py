@@ -228,7 +228,7 @@ def test_concurrent_requests_share_the_model(url, photos):
 def test_unexpected_error_is_a_generic_500(url, clf, photos, monkeypatch):
     def boom(*args, **kwargs):
         raise RuntimeError("secret internals")
-    monkeypatch.setattr(clf, "classify", boom)
+    monkeypatch.setattr(clf, "predict_item", boom)
     r = post(url, [photos[0]])
     assert r.status_code == 500
     assert r.json()["detail"].startswith("internal server error")
@@ -242,3 +242,150 @@ def test_serve_parser():
     add_serve_parser(sub)
     args = sub.choices["serve"].parse_args(["--port", "9000"])
     assert (args.host, args.port, args.model) == ("127.0.0.1", 9000, None)
+
+
+@pytest.fixture(scope="module")
+def strict_url(clf):
+    """A server with short timeouts: 0.5 s for headers and body stalls, 3 s per request."""
+    from shoeclass.service import server_config
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    app = create_app(clf, **LIMITS, body_timeout=0.5, request_timeout=3.0)
+    server = uvicorn.Server(server_config(app, header_timeout=0.5, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{sock.getsockname()[1]}", sock.getsockname()
+    server.should_exit = True
+    thread.join(10)
+    sock.close()
+
+
+def _closed_after(addr, payload: bytes, limit: float) -> float:
+    """Seconds until the server closes a connection that sent only ``payload``."""
+    with socket.create_connection(addr) as s:
+        s.settimeout(limit)
+        t = time.monotonic()
+        if payload:
+            s.sendall(payload)
+        while s.recv(1024):
+            pass
+        return time.monotonic() - t
+
+
+def test_idle_and_trickling_connections_are_closed_within_the_header_timeout(strict_url):
+    _, addr = strict_url
+    assert _closed_after(addr, b"", 5) <= 0.5 + 0.5
+    assert _closed_after(addr, b"POST /v1/classify HTTP/1.1\r\nHost: x\r\n", 5) <= 0.5 + 0.5
+
+
+def test_a_stalled_body_is_answered_408(strict_url):
+    _, addr = strict_url
+    with socket.create_connection(addr) as s:
+        s.settimeout(5)
+        s.sendall(b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+                  b"Content-Length: 1000\r\n\r\n--b\r\n")
+        answer = b""
+        while b"}" not in answer:
+            answer += s.recv(4096)
+    assert answer.startswith(b"HTTP/1.1 408") and b"no body bytes for 0.5 s" in answer
+
+
+def test_duplicate_fields_and_truncated_bodies_are_refused(url, photos):
+    files = [("photos", photos[0])]
+    r = httpx.post(url + "/v1/classify", files=files, data={"upper": ["leather", "textile"]}, timeout=60)
+    assert_refused(r, 422, "upper")
+    r = httpx.post(url + "/v1/classify", files=files, data={"upper": "leather", "upper_material": "textile"},
+                   timeout=60)
+    assert_refused(r, 422, "upper")
+    assert_refused(httpx.post(url + "/v1/classify", files=files, data={"top_k": ["3", "4"]}, timeout=60), 422, "top_k")
+    body = (b"--b\r\nContent-Disposition: form-data; name=\"photos\"; filename=\"a.jpg\"\r\n"
+            b"Content-Type: image/jpeg\r\n\r\n" + photos[0][:500])
+    r = httpx.post(url + "/v1/classify", content=body, headers={"content-type": "multipart/form-data; boundary=b"})
+    assert_refused(r, 400, "body")
+
+
+def test_declared_values_that_overflow_are_422_not_500(url, photos):
+    item = {"photos": [{"data": base64.b64encode(photos[0]).decode()}], "declared": {"insole_cm": 10 ** 400}}
+    r = httpx.post(url + "/v1/classify/batch", content=json.dumps({"items": [item]}),
+                   headers={"content-type": "application/json"}, timeout=60)
+    assert_refused(r, 422, "items[0].declared.insole_cm")
+
+
+def test_a_normal_request_is_not_held_by_hostile_photos(url, photos):
+    """Two clients keep sending decode bombs while a normal 1-photo request is timed."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("corpus", Path(__file__).parent.parent / "scripts" / "make_bad_corpus.py")
+    corpus = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(corpus)
+    hostile = [corpus.scan_bomb(20000, 2048, 2048)[:190_000], corpus.progressive_header_only(8000, 8000)]
+    stop, refused = threading.Event(), []
+
+    def attack(blob: bytes) -> None:
+        while not stop.is_set():
+            r = post(url, [blob])
+            refused.append(r.status_code == 200 and r.json()["photos"][0]["error"] is not None)
+
+    post(url, [photos[0]])  # warm
+    with ThreadPoolExecutor(2) as pool:
+        for blob in hostile:
+            pool.submit(attack, blob)
+        time.sleep(0.3)
+        times = []
+        for _ in range(3):
+            t = time.monotonic()
+            r = post(url, [photos[1]])
+            times.append(time.monotonic() - t)
+            assert r.status_code == 200 and r.json()["photos"][0]["error"] is None
+        stop.set()
+    assert refused and all(refused)
+    assert max(times) <= 1.0, times
+
+
+def test_a_request_over_its_deadline_is_stopped(strict_url, clf, photos, monkeypatch):
+    base, _ = strict_url
+    seen = {}
+
+    def slow(photos_, x, facts, top_k, stop):
+        seen["stopped"] = stop.wait(10)  # a classification that would run for 10 s
+        raise RuntimeError("not reached in time")
+
+    monkeypatch.setattr(clf, "predict_item", slow)
+    t = time.monotonic()
+    r = post(base, [photos[0]])
+    assert r.status_code == 503 and "3 s limit" in r.json()["detail"]
+    assert time.monotonic() - t < 6
+    deadline = time.monotonic() + 5
+    while "stopped" not in seen and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert seen.get("stopped") is True
+
+
+def test_a_client_that_disconnects_stops_its_classification(strict_url, clf, photos, monkeypatch):
+    _, addr = strict_url
+    seen = {}
+
+    def slow(photos_, x, facts, top_k, stop):
+        seen["started"] = time.monotonic()
+        seen["stopped"] = stop.wait(10)
+        seen["after"] = time.monotonic() - seen["started"]
+        raise RuntimeError("not reached: the client is gone")
+
+    monkeypatch.setattr(clf, "predict_item", slow)
+    request = httpx.Request("POST", "http://x/v1/classify", files=[("photos", ("a.jpg", photos[0]))])
+    body = request.read()
+    head = "".join(f"{k}: {v}\r\n" for k, v in request.headers.items() if k.lower() != "host")
+    with socket.create_connection(addr) as s:
+        s.sendall(f"POST /v1/classify HTTP/1.1\r\nHost: x\r\n{head}\r\n".encode() + body)
+        deadline = time.monotonic() + 5
+        while "started" not in seen and time.monotonic() < deadline:
+            time.sleep(0.02)
+    deadline = time.monotonic() + 5
+    while "after" not in seen and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert seen.get("stopped") is True and seen["after"] < 2.0  # well before the 3 s request timeout

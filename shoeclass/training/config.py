@@ -43,6 +43,7 @@ class TrainConfig:
     cache_dir: str = ".cache/features"
     progress: bool = True
     num_workers: int = 1
+    skip_bad: bool = False  # leave out photos that cannot be decoded (labels.read_labels)
 
 
 def load_config(path: str | Path | None = None, overrides: dict | None = None) -> TrainConfig:

@@ -16,8 +16,8 @@ import torch
 from tqdm.auto import tqdm
 
 from ..data import EvalPreset, preprocess_config
-from ..images import load_image
-from ..labels import LabelTable
+from ..images import ImageError, load_image
+from ..labels import LabelTable, unreadable_photo
 
 __all__ = ["pixel_cache", "pixel_cache_path", "pixels_to_tensor"]
 
@@ -42,7 +42,10 @@ def pixel_cache(table: LabelTable, preset: EvalPreset, cache_dir: str | Path, pr
         tmp = path.with_suffix(".tmp.npy")
         arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(table), size, size, 3))
         for i, p in enumerate(tqdm(table.paths(), desc=f"pixels{size}", disable=not progress)):
-            px = preset.pixels(load_image(p))  # (224, 224, 3) uint8
+            try:
+                px = preset.pixels(load_image(p))  # (224, 224, 3) uint8
+            except ImageError as exc:
+                raise unreadable_photo(table, i, str(exc)) from None
             if size == 112:
                 px = np.rint(px.astype(np.float32).reshape(112, 2, 112, 2, 3).mean((1, 3))).astype(np.uint8)
             arr[i] = px

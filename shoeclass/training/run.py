@@ -49,7 +49,7 @@ def train(cfg: TrainConfig) -> Path:
     """Run one training as configured; returns the model folder."""
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
-    table = read_labels(cfg.data, require_splits=("train", "val"))  # every problem before training starts
+    table = read_labels(cfg.data, require_splits=("train", "val"), skip_bad=cfg.skip_bad)  # problems before training
     splits = {s: table.subset(table.split == s) for s in ("train", "val", "test")}
     t0 = time.time()
     if get_backbone(cfg.model.backbone).kind == "scratch":  # lenet: end to end on pixels
