@@ -23,12 +23,10 @@ import torch
 
 from shoeclass.api import Classifier
 from shoeclass.attributes import MASK, OUTPUT_KEYS
-from shoeclass.fit_fusion import item_arrays, item_labels
+from shoeclass.fit_fusion import SOLE, item_arrays, item_labels
 from shoeclass.images import load_image
 from shoeclass.labels import read_labels
 from shoeclass.result import decide
-
-SOLE = 0.3  # the bottom share of a street crop kept as a sole-only photo
 
 
 def outputs(clf: Classifier, paths: list[Path], crop_sole: bool = False) -> dict[str, np.ndarray]:

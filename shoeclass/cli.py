@@ -62,7 +62,7 @@ def cmd_fit_fusion(args: argparse.Namespace) -> int:
     from .fit_fusion import fit_fusion
 
     report = fit_fusion(args.model, args.data, split=args.split, min_labelled=args.min_labelled,
-                        review_rate=args.review_rate)
+                        review_rate=args.review_rate, max_change=args.max_change)
     print(json.dumps(report, indent=1))
     print(f"decision layer of {args.model} rewritten (model.json)")
     return 0
@@ -229,6 +229,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="val", help="split whose multi-photo items are used")
     p.add_argument("--min-labelled", type=int, default=10, help="fewest labelled items to refit an output's rho")
     p.add_argument("--review-rate", type=float, default=0.03, help="share of real items the different-products check may flag")
+    p.add_argument("--max-change", type=float, default=0.005, help="share of item decisions a sole-only crop may change")
     p.set_defaults(func=cmd_fit_fusion)
     p = sub.add_parser("clusters", help="print the attribute clusters a model found and gates on")
     p.add_argument("--model", help="model folder (default: the shipped model)")

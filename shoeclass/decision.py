@@ -97,11 +97,11 @@ class DecisionLayer:
              weights: np.ndarray | None = None) -> tuple[np.ndarray, dict | None]:
         """The item's fused probabilities (14,) and its cluster, from the (M, 14) per-photo
         probabilities (:meth:`photo_probs`) and the (M, C) per-photo cluster posteriors; photos
-        with weight 0 for every attribute (:meth:`screen`) leave the cluster posterior too."""
+        set aside as not footwear (:meth:`screen`) leave the cluster posterior too."""
         fused = self.fuse(probs, suitability, weights)  # (14,)
         cluster = None
         if self.clusters is not None and gate_probs is not None:
-            kept = np.ones(len(gate_probs), bool) if weights is None else np.delete(weights, NF, 1).max(1) > 0
+            kept = np.ones(len(gate_probs), bool) if weights is None else weights[:, NF] > 0
             post = gate_probs[kept if kept.any() else slice(None)].mean(0)  # (C,) the item's cluster posterior
             best = int(np.argmax(post))
             firing = self.clusters.atypical_firing(post, fused)

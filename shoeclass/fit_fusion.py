@@ -8,7 +8,10 @@ model on the validation split's multi-photo items and rewrites the ``decision`` 
   least ``min_labelled`` labelled items; the others keep the value fitted on simulated items at
   training time (the fallback);
 * ``min_cosine`` of the different-products check, at the ``review_rate`` quantile of the real
-  items' photo-pair cosines.
+  items' photo-pair cosines;
+* ``suit_floor`` of the set-aside rule: the lowest of ``FLOORS`` at which adding a sole-only crop
+  (the bottom ``SOLE`` of one of its photos) to every item changes at most ``max_change`` of the
+  items' decisions (a photo showing nothing of an attribute must not move it).
 
 The tensor file is untouched (its checksum covers only the weights).
 """
@@ -23,10 +26,14 @@ import numpy as np
 from .attributes import MASK, OUTPUT_KEYS
 from .decision import DecisionLayer
 from .fusion import BayesianFusion
+from .result import decide
 
-__all__ = ["item_arrays", "item_labels", "refit_decision", "fit_fusion"]
+__all__ = ["item_arrays", "item_labels", "changed_decisions", "fit_floor", "refit_decision", "fit_fusion"]
 
 logger = logging.getLogger(__name__)
+
+SOLE = 0.3  # the bottom share of a photo kept as a sole-only crop
+FLOORS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95)
 
 
 def item_labels(y: np.ndarray) -> np.ndarray:
@@ -56,9 +63,38 @@ def _pad(groups: list[np.ndarray]) -> np.ndarray:
     return out
 
 
+def changed_decisions(decision: DecisionLayer, probs: list[np.ndarray], suit: list[np.ndarray],
+                      extra_probs: np.ndarray, extra_suit: np.ndarray) -> float:
+    """Share of the items' decisions that change when item i gets the photo (extra_probs[i],
+    extra_suit[i]) added."""
+    thr, changed = decision.thresholds, 0
+    for p, s, ep, es in zip(probs, suit, extra_probs, extra_suit):
+        before = decide(decision.fuse(p, weights=decision.screen(p, s)[0]), thr)
+        p2, s2 = np.vstack([p, ep]), np.vstack([s, es])
+        after = decide(decision.fuse(p2, weights=decision.screen(p2, s2)[0]), thr)
+        changed += sum(before[k] != after[k] for k in before)
+    return changed / max(len(probs) * len(OUTPUT_KEYS), 1)
+
+
+def fit_floor(decision: DecisionLayer, probs: list[np.ndarray], suit: list[np.ndarray],
+              crop_probs: np.ndarray, crop_suit: np.ndarray, max_change: float = 0.005) -> dict[float, float]:
+    """Set ``decision.checks.suit_floor`` to the lowest of ``FLOORS`` whose share of changed
+    decisions with the crops added is at most ``max_change`` (else the one changing fewest);
+    returns the share measured at each floor."""
+    shares = {}
+    for f in FLOORS:
+        decision.checks.suit_floor = f
+        shares[f] = changed_decisions(decision, probs, suit, crop_probs, crop_suit)
+    ok = [f for f in FLOORS if shares[f] <= max_change]
+    decision.checks.suit_floor = ok[0] if ok else min(FLOORS, key=lambda f: (shares[f], f))
+    return shares
+
+
 def refit_decision(decision: DecisionLayer, probs: np.ndarray, suitability: np.ndarray | None,
                    embedding: np.ndarray | None, y: np.ndarray, items: np.ndarray,
-                   min_labelled: int = 10, review_rate: float = 0.03) -> dict:
+                   min_labelled: int = 10, review_rate: float = 0.03,
+                   crop_probs: np.ndarray | None = None, crop_suit: np.ndarray | None = None,
+                   max_change: float = 0.005) -> dict:
     """Refit ``decision``'s fusion correlation and item checks on real multi-photo items, in place.
 
     Args:
@@ -66,6 +102,9 @@ def refit_decision(decision: DecisionLayer, probs: np.ndarray, suitability: np.n
         y: (N, 14) photo labels; items: (N,) item ids (items of one photo are ignored).
         min_labelled: fewest labelled items for an output's rho to be refitted on real items.
         review_rate: share of real items the different-products check may flag.
+        crop_probs, crop_suit: (N, 14) outputs for a sole-only crop of every photo; with them
+            ``suit_floor`` is fitted (:func:`fit_floor`), otherwise left as it is.
+        max_change: share of decisions the crops may change.
 
     Returns:
         A report: items used, per output whether rho came from real items and its old and new value.
@@ -79,6 +118,10 @@ def refit_decision(decision: DecisionLayer, probs: np.ndarray, suitability: np.n
     ids, p, w, yy = item_arrays(items, probs, s, y)
     if not ids:
         raise ValueError("no item with two or more photos to fit the fusion on")
+    shares = None
+    if crop_probs is not None:
+        _, cp, cs = item_arrays(items, crop_probs, np.ones_like(crop_probs) if crop_suit is None else crop_suit)
+        shares = fit_floor(decision, p, w, np.stack([c[0] for c in cp]), np.stack([c[0] for c in cs]), max_change)
     screened = [decision.screen(pi, wi) for pi, wi in zip(p, w)]
     vp, vw = _pad(p), np.nan_to_num(_pad([sw for sw, _ in screened]))
     y_item = np.stack([item_labels(g) for g in yy])  # (N_items, 14)
@@ -93,7 +136,8 @@ def refit_decision(decision: DecisionLayer, probs: np.ndarray, suitability: np.n
                 len(ids), int(use.sum()), len(OUTPUT_KEYS))
     return {"items": len(ids), "photos": int(sum(len(g) for g in p)), "labelled_items": labelled.tolist(),
             "rho_from_real_items": use.tolist(), "rho_before": old.tolist(),
-            "rho": decision.fusion.rho_.tolist(), "checks": decision.checks.to_dict()}
+            "rho": decision.fusion.rho_.tolist(), "checks": decision.checks.to_dict(),
+            "crop_changes_by_floor": shares}
 
 
 def fit_fusion(model: str | Path | None, data: str | Path, split: str = "val", **kw) -> dict:
@@ -116,11 +160,14 @@ def fit_fusion(model: str | Path | None, data: str | Path, split: str = "val", *
     outs: dict[str, list] = {}
     paths = t.paths()
     for i in range(0, len(t), clf.batch_size):
-        x = torch.stack([clf.preset(load_image(p)) for p in paths[i:i + clf.batch_size]])
-        for k, v in clf.predict_tensors(x).items():
-            outs.setdefault(k, []).append(v)
+        imgs = [load_image(p) for p in paths[i:i + clf.batch_size]]
+        crops = [im.crop((0, int(im.size[1] * (1 - SOLE)), im.size[0], im.size[1])) for im in imgs]
+        for prefix, batch in (("", imgs), ("crop_", crops)):
+            for k, v in clf.predict_tensors(torch.stack([clf.preset(im) for im in batch])).items():
+                outs.setdefault(prefix + k, []).append(v)
     o = {k: np.concatenate(v) for k, v in outs.items()}
-    report = refit_decision(clf.decision, o["probs"], o.get("suitability"), o.get("embedding"), t.y, t.item, **kw)
+    report = refit_decision(clf.decision, o["probs"], o.get("suitability"), o.get("embedding"), t.y, t.item,
+                            crop_probs=o["crop_probs"], crop_suit=o.get("crop_suitability"), **kw)
     meta_path = clf.path / "model.json"
     meta = json.loads(meta_path.read_text())
     meta["decision"] = clf.decision.to_dict()

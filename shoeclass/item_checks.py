@@ -117,14 +117,14 @@ class ItemChecks:
 
         Args:
             emb: (M, D) unit-length photo embeddings.
-            weights: (M, 14) fusion weights from :meth:`screen`; photos set aside in whole
-                (all weights 0 except not_footwear) are left out of the comparison.
+            weights: (M, 14) fusion weights from :meth:`screen`; photos set aside as not
+                footwear (weight 0 for not_footwear too) are left out of the comparison.
         """
         if self.min_cosine is None or emb is None or len(emb) < 2:
             return None
         idx = np.arange(len(emb))
         if weights is not None:
-            idx = idx[np.delete(np.asarray(weights), NF, axis=1).max(1) > 0]
+            idx = idx[np.asarray(weights)[:, NF] > 0]
         if len(idx) < 2:
             return None
         e = np.asarray(emb, np.float64)[idx]
