@@ -82,8 +82,10 @@ class DecisionLayer:
             kept = weights[:, NF] > 0
             if kept.sum() == 1:
                 return probs[kept][0]
-        if self.fusion is None or len(probs) == 1:
+        if len(probs) == 1 or (self.fusion is None and weights is None):
             return probs.mean(0)
+        if self.fusion is None:
+            return (probs * weights).sum(0) / np.maximum(weights.sum(0), 1e-12)
         return self.fusion.fuse(probs, self.weights(suitability) if weights is None else weights)
 
     def screen(self, probs: np.ndarray, suitability: np.ndarray | None = None,
