@@ -21,6 +21,7 @@ from .checkpoint import load_checkpoint, resolve_path
 from .data import EvalPreset
 from .decision import DecisionLayer
 from .images import ImageError, ImageInput, describe_source, load_image
+from .models import Heads
 from .result import ItemResult, PhotoResult
 from .runtime import autocast, prepare_for_inference
 from .facts import DeclaredFacts
@@ -60,18 +61,34 @@ class Classifier:
 
     def predict_tensors(self, x: torch.Tensor, stop: threading.Event | None = None) -> dict[str, np.ndarray]:
         """Outputs for a (B, 3, 224, 224) batch: raw ``logits`` and calibrated ``probs`` (B, 14),
-        ``gate`` logits (B, C) and ``suitability`` (B, 14) when the model has them.
+        ``gate`` logits (B, C) and ``suitability`` (B, 14) when the model has them, and
+        ``embedding`` (B, D): the standardised trunk features the heads read (every member's,
+        photo and mirror image averaged), unit length, for comparing the photos of an item.
 
         Raises:
             Cancelled: ``stop`` was set (checked between batches).
         """
         outs: dict[str, list] = {}
-        with torch.inference_mode(), autocast(self.bf16):
-            for chunk in x.split(self.batch_size):
-                if stop is not None and stop.is_set():
-                    raise Cancelled("classification cancelled")
-                for k, v in self.net(chunk.contiguous(memory_format=torch.channels_last)).items():
-                    outs.setdefault(k, []).append(v.float().numpy())
+        heads = [m for m in self.net.modules() if isinstance(m, Heads)]
+        seen: list[torch.Tensor] = []
+        hooks = [h.register_forward_pre_hook(lambda mod, args: seen.append((args[0] - mod.mu) / mod.sigma))
+                 for h in heads]
+        try:
+            with torch.inference_mode(), autocast(self.bf16):
+                for chunk in x.split(self.batch_size):
+                    if stop is not None and stop.is_set():
+                        raise Cancelled("classification cancelled")
+                    seen.clear()
+                    for k, v in self.net(chunk.contiguous(memory_format=torch.channels_last)).items():
+                        outs.setdefault(k, []).append(v.float().numpy())
+                    if not seen:  # a model without standardised heads (lenet) has no embedding
+                        continue
+                    # (B·views, D) per member -> (B, members·D); views are the photo and its mirror
+                    z = torch.cat([s.float().view(-1, len(chunk), s.shape[1]).mean(0) for s in seen], 1)
+                    outs.setdefault("embedding", []).append(torch.nn.functional.normalize(z, dim=1).numpy())
+        finally:
+            for h in hooks:
+                h.remove()
         res = {k: np.concatenate(v) for k, v in outs.items()}
         res["probs"] = self.decision.photo_probs(res["logits"], res.get("gate"))  # (B, 14)
         if "suitability" in res:
@@ -124,7 +141,13 @@ class Classifier:
             return ItemResult(photos, None, self.thresholds, model=self.info)
         out = self.predict_tensors(x, stop)
         gates = self.decision.gate_probs(out["gate"]) if "gate" in out else None  # (M, C)
-        fused, cluster = self.decision.item(out["probs"], gates, out.get("suitability"))
+        weights, set_aside = self.decision.screen(out["probs"], out.get("suitability"), [p.photo for p in ok])
+        fused, cluster = self.decision.item(out["probs"], gates, out.get("suitability"), weights)
+        odd = self.decision.checks.odd_photo(out.get("embedding"), weights)
+        review = None if odd is None else {
+            "reason": "different_products", "photo": ok[odd[0]].photo,
+            "detail": f"{ok[odd[0]].photo} looks like another product than the other photos "
+                      f"(embedding cosine {odd[1]:.3f} < {self.decision.checks.min_cosine:.3f})"}
         for j, p in enumerate(ok):
             p.probs = out["probs"][j]  # row j of the (M, 14) per-photo matrix
             if "suitability" in out:
@@ -135,7 +158,8 @@ class Classifier:
         tariff = classify_tariff(dict(zip(OUTPUT_KEYS, map(float, fused))), facts, top_k=top_k,
                                  atypical=tuple(cluster["atypical_firing"]) if cluster else (),
                                  cluster=cluster["name"] if cluster else None).to_dict()
-        return ItemResult(photos, fused, self.thresholds, cluster=cluster, tariff=tariff, model=self.info)
+        return ItemResult(photos, fused, self.thresholds, cluster=cluster, tariff=tariff, model=self.info,
+                          set_aside=set_aside, review=review)
 
 
 def check_arguments(declared: DeclaredFacts | Mapping | None, top_k: int) -> tuple[DeclaredFacts, int]:

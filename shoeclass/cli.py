@@ -72,6 +72,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_fit_fusion(args: argparse.Namespace) -> int:
+    from .fit_fusion import fit_fusion
+
+    report = fit_fusion(args.model, args.data, split=args.split, min_labelled=args.min_labelled,
+                        review_rate=args.review_rate, max_change=args.max_change)
+    print(json.dumps(report, indent=1))
+    print(f"decision layer of {args.model} rewritten (model.json)")
+    return 0
+
+
 def cmd_classify(args: argparse.Namespace) -> int:
     from .facts import FACTS, DeclaredFacts
 
@@ -229,6 +239,14 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="leave out photos that cannot be decoded (each logged with its labels.csv line) "
                         "instead of stopping at the first; costs one decoding pass")
     p.set_defaults(func=cmd_evaluate)
+    p = sub.add_parser("fit-fusion", help="refit the fusion and item checks on real multi-photo items")
+    p.add_argument("--model", required=True, help="model folder whose model.json is rewritten")
+    p.add_argument("--data", required=True, help="dataset folder with labels.csv")
+    p.add_argument("--split", default="val", help="split whose multi-photo items are used")
+    p.add_argument("--min-labelled", type=int, default=10, help="fewest labelled items to refit an output's rho")
+    p.add_argument("--review-rate", type=float, default=0.03, help="share of real items the different-products check may flag")
+    p.add_argument("--max-change", type=float, default=0.005, help="share of item decisions a sole-only crop may change")
+    p.set_defaults(func=cmd_fit_fusion)
     p = sub.add_parser("clusters", help="print the attribute clusters a model found and gates on")
     p.add_argument("--model", help="model folder (default: the shipped model)")
     p.set_defaults(func=cmd_clusters)

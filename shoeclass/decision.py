@@ -6,7 +6,9 @@ Fitted on the validation split after the heads, stored in the model metadata:
 * the attribute clusters found by hierarchical clustering of the training labels
   (``hierarchy.py``) and the gate's posterior over them, with the wrong-cluster check;
 * Bayesian fusion of the item's M×14 matrix with per-photo suitability weights and a
-  correlation correction fitted on simulated multi-photo validation items (``fusion.py``).
+  correlation correction fitted on simulated multi-photo validation items (``fusion.py``), refitted
+  on real multi-photo items by ``fit_fusion.py``;
+* the set-aside rules and the different-products check (``item_checks.py``).
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from .attributes import MASK, OUTPUT_KEYS
 from .calibration import SoftmaxTemperature, TemperatureScaling
 from .fusion import BayesianFusion, label_priors
 from .hierarchy import AttributeClusters
+from .item_checks import ItemChecks
 from .labels import class_weights
 
 __all__ = ["DecisionLayer", "tune_thresholds", "prior_thresholds", "effective_prior"]
@@ -33,14 +36,17 @@ class DecisionLayer:
         gate_calibration: the gate's softmax temperature.
         fusion: the Bayesian fusion (None: mean of the photos).
         thresholds: (14,) per-output decision thresholds on calibrated probabilities (None: 0.5).
+        checks: set-aside rules and the different-products check (None: defaults at the
+            not_footwear threshold, no different-products check).
     """
 
     def __init__(self, calibration: TemperatureScaling | None = None, clusters: AttributeClusters | None = None,
                  gate_calibration: SoftmaxTemperature | None = None, fusion: BayesianFusion | None = None,
-                 thresholds: np.ndarray | None = None) -> None:
+                 thresholds: np.ndarray | None = None, checks: ItemChecks | None = None) -> None:
         self.calibration, self.clusters = calibration, clusters
         self.gate_calibration, self.fusion = gate_calibration, fusion
         self.thresholds = np.full(len(OUTPUT_KEYS), 0.5) if thresholds is None else np.asarray(thresholds, float)
+        self.checks = checks if checks is not None else ItemChecks(nf_threshold=float(self.thresholds[NF]))
 
     def photo_probs(self, logits: np.ndarray, gate_logits: np.ndarray | None = None) -> np.ndarray:
         """(M, 14) per-photo probabilities: calibrated heads, combined with the cluster posterior
@@ -66,21 +72,39 @@ class DecisionLayer:
         w[:, NF] = 1.0
         return w
 
-    def fuse(self, probs: np.ndarray, suitability: np.ndarray | None = None) -> np.ndarray:
+    def fuse(self, probs: np.ndarray, suitability: np.ndarray | None = None,
+             weights: np.ndarray | None = None) -> np.ndarray:
         """(M, 14) -> (14,) item probabilities; one photo is its own answer (the thresholds were
-        tuned on single photos), so ``classify`` and ``evaluate`` say the same of it."""
-        if self.fusion is None or len(probs) == 1:
+        tuned on single photos), so ``classify`` and ``evaluate`` say the same of it. ``weights``
+        (M, 14) from :meth:`screen` replace the suitability weights; when they leave one photo
+        (the others set aside as not footwear), that photo is the answer."""
+        if weights is not None:
+            kept = weights[:, NF] > 0
+            if kept.sum() == 1:
+                return probs[kept][0]
+        if len(probs) == 1 or (self.fusion is None and weights is None):
             return probs.mean(0)
-        return self.fusion.fuse(probs, self.weights(suitability))
+        if self.fusion is None:
+            return (probs * weights).sum(0) / np.maximum(weights.sum(0), 1e-12)
+        return self.fusion.fuse(probs, self.weights(suitability) if weights is None else weights)
+
+    def screen(self, probs: np.ndarray, suitability: np.ndarray | None = None,
+               names: list[str] | None = None) -> tuple[np.ndarray, list[dict]]:
+        """Fusion weights (M, 14) with the photos set aside at 0, and the set-aside report
+        (``ItemChecks.screen``)."""
+        return self.checks.screen(probs, suitability, names)
 
     def item(self, probs: np.ndarray, gate_probs: np.ndarray | None = None,
-             suitability: np.ndarray | None = None) -> tuple[np.ndarray, dict | None]:
+             suitability: np.ndarray | None = None,
+             weights: np.ndarray | None = None) -> tuple[np.ndarray, dict | None]:
         """The item's fused probabilities (14,) and its cluster, from the (M, 14) per-photo
-        probabilities (:meth:`photo_probs`) and the (M, C) per-photo cluster posteriors."""
-        fused = self.fuse(probs, suitability)  # (14,)
+        probabilities (:meth:`photo_probs`) and the (M, C) per-photo cluster posteriors; photos
+        set aside as not footwear (:meth:`screen`) leave the cluster posterior too."""
+        fused = self.fuse(probs, suitability, weights)  # (14,)
         cluster = None
         if self.clusters is not None and gate_probs is not None:
-            post = gate_probs.mean(0)  # (C,) the item's cluster posterior
+            kept = np.ones(len(gate_probs), bool) if weights is None else weights[:, NF] > 0
+            post = gate_probs[kept if kept.any() else slice(None)].mean(0)  # (C,) the item's cluster posterior
             best = int(np.argmax(post))
             firing = self.clusters.atypical_firing(post, fused)
             cluster = {"name": self.clusters.clusters_[best].name, "index": best,
@@ -93,7 +117,7 @@ class DecisionLayer:
                 "clusters": self.clusters.to_dict() if self.clusters else None,
                 "gate_calibration": self.gate_calibration.to_dict() if self.gate_calibration else None,
                 "fusion": self.fusion.to_dict() if self.fusion else None,
-                "thresholds": [float(t) for t in self.thresholds]}
+                "thresholds": [float(t) for t in self.thresholds], "item_checks": self.checks.to_dict()}
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "DecisionLayer":
@@ -102,7 +126,8 @@ class DecisionLayer:
                    AttributeClusters.from_dict(d["clusters"]) if d.get("clusters") else None,
                    SoftmaxTemperature.from_dict(d["gate_calibration"]) if d.get("gate_calibration") else None,
                    BayesianFusion.from_dict(d["fusion"]) if d.get("fusion") else None,
-                   d.get("thresholds"))
+                   d.get("thresholds"),
+                   ItemChecks.from_dict(d["item_checks"]) if d.get("item_checks") else None)
 
 
 def tune_thresholds(probs: np.ndarray, y: np.ndarray, fallback: np.ndarray | None = None,

@@ -13,8 +13,13 @@
       "keys": [...],                          # the column order of "matrix"
       "cluster": {...} | null,                # most likely cluster, atypical attributes firing
       "tariff": {...} | null,                 # shoeclass.tariff.TariffDecision.to_dict()
-      "model": {"name": ..., "backbone": ..., "sha256": ..., "members": n, "mirror": bool}
+      "model": {"name": ..., "backbone": ..., "sha256": ..., "members": n, "mirror": bool},
+      "set_aside": [{"photo": name, "attributes": "all" | [key, ...], "reason": str}],
+      "review": {"reason": "different_products", "photo": name, "detail": str} | null
     }
+
+A photo set aside for an attribute had no weight in that attribute's fused value; ``review`` set
+makes the status ``needs_review`` whatever the tariff says.
 """
 from __future__ import annotations
 
@@ -82,6 +87,8 @@ class ItemResult:
     cluster: dict | None = None
     tariff: dict | None = None
     model: dict = field(default_factory=dict)
+    set_aside: list[dict] = field(default_factory=list)
+    review: dict | None = None  # item-level reason for review (photos of different products)
 
     @property
     def matrix(self) -> np.ndarray:
@@ -93,6 +100,8 @@ class ItemResult:
     def status(self) -> str:
         if self.probs is None:
             return "error"
+        if self.review is not None:
+            return "needs_review"
         if self.tariff is not None:
             return self.tariff["status"]
         return "needs_review" if (self.cluster or {}).get("wrong_cluster") else "ok"
@@ -109,4 +118,6 @@ class ItemResult:
             "cluster": self.cluster,
             "tariff": self.tariff,
             "model": self.model,
+            "set_aside": self.set_aside,
+            "review": self.review,
         }

@@ -120,3 +120,14 @@ def test_source_and_origin_weights_multiply(tiny_dataset):
     assert w[:2].tolist() == [6.0, 6.0]  # worn, by eye
     assert w[2:4].tolist() == [3.0, 3.0]  # worn, class-derived
     assert w[4:6].tolist() == [1.0, 1.0] and w[6] == 2.0
+
+
+def test_photos_of_different_products_go_to_review_naming_one(tiny_model, tiny_dataset):
+    clf = Classifier(tiny_model)
+    boot, sandal = tiny_dataset / "images/p000.jpg", tiny_dataset / "images/p001.jpg"
+    d = clf.classify([str(boot), str(boot)]).to_dict()
+    assert d["review"] is None and isinstance(d["set_aside"], list)
+    clf.decision.checks.min_cosine = 0.999  # two different photos can no longer pass as one product
+    d = clf.classify([str(boot), str(sandal)]).to_dict()
+    assert d["status"] == "needs_review" and d["review"]["reason"] == "different_products"
+    assert d["review"]["photo"] in (str(boot), str(sandal)) and d["attributes"] is not None
