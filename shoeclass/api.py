@@ -35,12 +35,16 @@ class Classifier:
         model: a model folder (None: the shipped default in weights/default).
         bf16: bf16 autocast on the CPU; None chooses it when the CPU supports bf16 natively.
         batch_size: photos per trunk pass.
+        device: where the model runs (default the CPU; ``runtime.default_device()`` picks CUDA
+            when present). On CUDA bf16 autocast is on unless ``bf16`` is False.
     """
 
-    def __init__(self, model: str | Path | None = None, bf16: bool | None = None, batch_size: int = 32) -> None:
+    def __init__(self, model: str | Path | None = None, bf16: bool | None = None, batch_size: int = 32,
+                 device: torch.device | str = "cpu") -> None:
         self.path = resolve_path(model)
+        self.device = torch.device(device)
         self.net, self.meta = load_checkpoint(self.path)
-        prepare_for_inference(self.net)
+        prepare_for_inference(self.net).to(self.device)
         self.preset = EvalPreset(self.meta["backbone"])
         self.bf16, self.batch_size = bf16, batch_size
         self.decision = DecisionLayer.from_dict(self.meta.get("decision"))
@@ -54,10 +58,11 @@ class Classifier:
         """Outputs for a (B, 3, 224, 224) batch: raw ``logits`` and calibrated ``probs`` (B, 14),
         ``gate`` logits (B, C) and ``suitability`` (B, 14) when the model has them."""
         outs: dict[str, list] = {}
-        with torch.inference_mode(), autocast(self.bf16):
+        with torch.inference_mode(), autocast(self.bf16, self.device):
             for chunk in x.split(self.batch_size):
-                for k, v in self.net(chunk.contiguous(memory_format=torch.channels_last)).items():
-                    outs.setdefault(k, []).append(v.float().numpy())
+                chunk = chunk.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+                for k, v in self.net(chunk).items():
+                    outs.setdefault(k, []).append(v.float().cpu().numpy())
         res = {k: np.concatenate(v) for k, v in outs.items()}
         res["probs"] = self.decision.photo_probs(res["logits"], res.get("gate"))  # (B, 14)
         if "suitability" in res:
