@@ -47,8 +47,18 @@ def cmd_train(args: argparse.Namespace) -> int:
             over[key] = getattr(args, key)
     if args.no_progress:
         over["progress"] = False
-    logging.getLogger("shoeclass.training").setLevel(logging.INFO)  # loss and validation score per epoch
-    folder = train_ensemble(args.config, over) if is_ensemble_config(args.config) else train(load_config(args.config, over))
+    from . import distributed
+
+    distributed.setup()  # under torchrun: join the other ranks (a no-op on one process)
+    if distributed.is_main():  # loss and validation score per epoch, from one rank
+        logging.getLogger("shoeclass.training").setLevel(logging.INFO)
+    try:
+        folder = train_ensemble(args.config, over) if is_ensemble_config(args.config) else train(load_config(args.config, over))
+        main_rank = distributed.is_main()
+    finally:
+        distributed.cleanup()
+    if not main_rank:
+        return 0
     meta = json.loads((folder / "model.json").read_text())
     summary = meta["metrics"].get("test", {}).get("all", {}).get("summary")
     print(f"model written to {folder}")

@@ -90,7 +90,7 @@ def table_outputs(fn, table: LabelTable, preset: EvalPreset, batch_size: int = 6
     of a table, read and preprocessed by ``preset`` in batches: each output as an (N, K) array of
     the dtype ``fn`` returns (the feature cache fills float16 directly)."""
     loader = torch.utils.data.DataLoader(PhotoDataset(table, preset), batch_size=batch_size,
-                                         num_workers=num_workers)
+                                         num_workers=num_workers, pin_memory=torch.cuda.is_available())
     out: dict[str, np.ndarray] = {}
     for x, _, idx in tqdm(loader, desc=desc, disable=not progress):
         for k, v in fn(x).items():

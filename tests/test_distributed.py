@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import runpy
 import subprocess
 import sys
 import textwrap
@@ -66,7 +67,12 @@ def test_heads_trained_by_two_ranks_equal_one_process(tmp_path):
     script = tmp_path / "heads.py"
     script.write_text(HEADS_SCRIPT)
     one, two = tmp_path / "one.safetensors", tmp_path / "two.safetensors"
-    subprocess.run([sys.executable, str(script), str(one)], env=_env(), check=True, timeout=120)
+    argv, threads = sys.argv, torch.get_num_threads()
+    sys.argv, _ = [str(script), str(one)], torch.set_num_threads(1)  # as each torchrun rank
+    try:
+        runpy.run_path(str(script), run_name="__main__")  # one process, here: no torchrun variables
+    finally:
+        sys.argv, _ = argv, torch.set_num_threads(threads)
     subprocess.run(_torchrun(2, str(script), str(two)), env=_env(), check=True, timeout=120,
                    capture_output=True)
     a, b = load_file(str(one)), load_file(str(two))
