@@ -37,6 +37,7 @@ sys.path.insert(0, str(ROOT))
 def worker(args: argparse.Namespace) -> None:
     """One way of computing the cache (run by the driver, under torchrun or not)."""
     import numpy as np
+    import torch
 
     from shoeclass import distributed
     from shoeclass.data import EvalPreset
@@ -47,14 +48,17 @@ def worker(args: argparse.Namespace) -> None:
     distributed.setup()
     trunk = build_trunk("efficientnet_lite0", "imagenet")
     distributed.barrier()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     table = read_labels(args.data, check_images=False)
     table = table.subset(np.flatnonzero(table.split == "train")[:args.photos])
     x = trunk_features(trunk, table, EvalPreset("efficientnet_lite0"), args.cache, progress=False, num_workers=0)
     seconds = time.perf_counter() - t0
+    cpu = torch.zeros(distributed.world_size(), dtype=torch.float64)
+    cpu[distributed.rank()] = time.process_time() - c0  # excludes time the process was stopped or waiting
+    cpu = distributed.all_sum(cpu).tolist()
     if distributed.is_main():
         np.save(Path(args.cache) / "result.npy", x)
-        print(json.dumps({"seconds": seconds, "photos": len(table)}))
+        print(json.dumps({"seconds": seconds, "photos": len(table), "cpu": cpu}))
     distributed.cleanup()
 
 
@@ -75,14 +79,14 @@ def tune_cost(size: int, steps: int = 3, batch: int = 32) -> float:
     cw, w = torch.ones(2, 14), torch.ones(batch)
     times = []
     for _ in range(steps + 1):  # the first step warms up
-        t0 = time.perf_counter()
+        t0 = time.process_time()
         with torch.no_grad(), autocast():
             z = model.trunk.stem(x).float()
         loss = heads_loss(model.heads(model.trunk.tail(z)), y, cw, w)
         opt.zero_grad()
         loss.backward()
         opt.step()
-        times.append(time.perf_counter() - t0)
+        times.append(time.process_time() - t0)
     return min(times[1:]) / batch
 
 
@@ -119,16 +123,20 @@ def main() -> None:
             res[name] = run(cmd, threads, cache, args.data, args.photos)
             arrays[name] = np.load(cache / "result.npy")
             r = res[name]
-            print(f"  {name:24s} {r['seconds']:7.1f} s  {r['photos'] / r['seconds']:6.2f} photos/s  "
-                  f"(load average now {os.getloadavg()[0]:.1f})")
+            print(f"  {name:24s} {r['seconds']:7.1f} s wall  {r['photos'] / r['seconds']:6.2f} photos/s  "
+                  f"CPU s per process {', '.join(f'{c:.1f}' for c in r['cpu'])}  (load average now {os.getloadavg()[0]:.1f})")
     base = res["1 process x 1 thread"]["seconds"]
     speed2p = base / res["2 processes x 1 thread"]["seconds"]
     speed2t = base / res["1 process x 2 threads"]["seconds"]
     same = float(np.abs(arrays["2 processes x 1 thread"].astype(np.float32) - arrays["1 process x 1 thread"]).max())
-    print(f"speed-up over 1 thread: 2 processes {speed2p:.2f}x, 2 threads {speed2t:.2f}x")
+    print(f"speed-up over 1 thread: 2 processes {speed2p:.2f}x, 2 threads {speed2t:.2f}x (wall time)")
+    cpu2p = sum(res["2 processes x 1 thread"]["cpu"]) / res["1 process x 1 thread"]["cpu"][0]
+    print(f"CPU time of 2 processes against 1: {cpu2p:.2f}x (1.00: sharding adds no work)")
 
     # Paper estimate of the shipped recipe (efficientnet_lite0_ensemble.yaml) on 1 M photos.
-    feat = base / res["1 process x 1 thread"]["photos"]  # s per photo-view, 1 thread (decode + trunk)
+    # s per photo-view of one thread (decode + trunk): CPU time, which time spent stopped by a busy
+    # machine does not inflate
+    feat = res["1 process x 1 thread"]["cpu"][0] / res["1 process x 1 thread"]["photos"]
     sizes = (160, 192, 176)  # the members' fine-tuning resolutions
     tune = {s: tune_cost(s) for s in sizes}
     n = 1_000_000
@@ -138,7 +146,9 @@ def main() -> None:
     tuning = sum(tune[s] * epochs * n_tr for s in sizes)
     tuned_feats = len(sizes) * feat * (n_val + n_te + fusion_views * n_val) + 2 * len(sizes) * feat * (n_val + n_te)  # + mirrored ensemble passes
     total = frozen + tuning + tuned_feats
-    eff = speed2p / 2
+    # Workers with a core each: the efficiency is the work sharding adds (CPU time of 2 processes
+    # against 1); the wall speed-up on this shared 2-core box also carries the other jobs' load.
+    eff = min(1.0, 1 / cpu2p)
     print(f"per-photo costs, 1 thread: features {feat * 1000:.0f} ms/photo-view; fine-tuning step "
           + ", ".join(f"{s} px {tune[s] * 1000:.0f} ms/photo" for s in sizes))
     print(f"1 M photos, shipped recipe: {total / 3600:.0f} one-thread CPU-hours "
@@ -146,7 +156,7 @@ def main() -> None:
     for w in (8, 64):
         all_sharded = total / (w * eff)
         today = (frozen + tuned_feats) / (w * eff) + tuning  # fine-tuning still on one process
-        print(f"  {w:2d} one-thread workers at the measured {eff:.0%} efficiency: {all_sharded / 3600:.1f} h "
+        print(f"  {w:2d} one-thread workers at {eff:.0%} efficiency (measured CPU overhead): {all_sharded / 3600:.1f} h "
               f"if every stage is sharded; {today / 3600:.1f} h today (fine-tuning on one 1-thread process)")
     print(f"target 2-process speed-up of the feature cache: {speed2p:.2f}x (goal >= 1.6x) {'PASS' if speed2p >= 1.6 else 'FAIL'}")
     print(f"target sharded cache equals 1-process cache: max |diff| {same:g} (goal 0) {'PASS' if same == 0 else 'FAIL'}")

@@ -1,4 +1,4 @@
-"""The ``shoeclass`` command line: train, classify, evaluate (and the tools built on them).
+"""The ``shoeclass`` command line: train, classify, classify-batch, evaluate (and the tools built on them).
 
 Building the parser loads neither torch nor the model (``--help``, ``--version`` and bad
 arguments answer at once); each command imports what it needs when it runs.
