@@ -43,12 +43,16 @@ class Classifier:
         model: a model folder (None: the shipped default in weights/default).
         bf16: bf16 autocast on the CPU; None chooses it when the CPU supports bf16 natively.
         batch_size: photos per trunk pass.
+        device: where the model runs (default the CPU; ``runtime.default_device()`` picks CUDA
+            when present). On CUDA bf16 autocast is on unless ``bf16`` is False.
     """
 
-    def __init__(self, model: str | Path | None = None, bf16: bool | None = None, batch_size: int = 32) -> None:
+    def __init__(self, model: str | Path | None = None, bf16: bool | None = None, batch_size: int = 32,
+                 device: torch.device | str = "cpu") -> None:
         self.path = resolve_path(model)
+        self.device = torch.device(device)
         self.net, self.meta = load_checkpoint(self.path)
-        prepare_for_inference(self.net)
+        prepare_for_inference(self.net).to(self.device)
         pre = self.meta["preprocessing"]  # validated against this code's preprocessing on load
         self.preset = EvalPreset(self.meta["backbone"], tuple(pre["mean"]), tuple(pre["std"]))
         self.bf16, self.batch_size = bf16, batch_size
@@ -74,18 +78,19 @@ class Classifier:
         hooks = [h.register_forward_pre_hook(lambda mod, args: seen.append((args[0] - mod.mu) / mod.sigma))
                  for h in heads]
         try:
-            with torch.inference_mode(), autocast(self.bf16):
+            with torch.inference_mode(), autocast(self.bf16, self.device):
                 for chunk in x.split(self.batch_size):
                     if stop is not None and stop.is_set():
                         raise Cancelled("classification cancelled")
                     seen.clear()
-                    for k, v in self.net(chunk.contiguous(memory_format=torch.channels_last)).items():
-                        outs.setdefault(k, []).append(v.float().numpy())
+                    chunk = chunk.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+                    for k, v in self.net(chunk).items():
+                        outs.setdefault(k, []).append(v.float().cpu().numpy())
                     if not seen:  # a model without standardised heads (lenet) has no embedding
                         continue
                     # (B·views, D) per member -> (B, members·D); views are the photo and its mirror
                     z = torch.cat([s.float().view(-1, len(chunk), s.shape[1]).mean(0) for s in seen], 1)
-                    outs.setdefault("embedding", []).append(torch.nn.functional.normalize(z, dim=1).numpy())
+                    outs.setdefault("embedding", []).append(torch.nn.functional.normalize(z, dim=1).cpu().numpy())
         finally:
             for h in hooks:
                 h.remove()

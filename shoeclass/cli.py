@@ -1,4 +1,4 @@
-"""The ``shoeclass`` command line: train, classify, evaluate (and the tools built on them).
+"""The ``shoeclass`` command line: train, classify, classify-batch, evaluate (and the tools built on them).
 
 Building the parser loads neither torch nor the model (``--help``, ``--version`` and bad
 arguments answer at once); each command imports what it needs when it runs.
@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -58,10 +59,20 @@ def cmd_train(args: argparse.Namespace) -> int:
             over[key] = getattr(args, key)
     if args.no_progress:
         over["progress"] = False
-    logging.getLogger("shoeclass.training").setLevel(logging.INFO)  # loss and validation score per epoch
+    from . import distributed
+
     if args.skip_bad:
         over["skip_bad"] = True
-    folder = train_ensemble(args.config, over) if is_ensemble_config(args.config) else train(load_config(args.config, over))
+    distributed.setup()  # under torchrun: join the other ranks (a no-op on one process)
+    if distributed.is_main():  # loss and validation score per epoch, from one rank
+        logging.getLogger("shoeclass.training").setLevel(logging.INFO)
+    try:
+        folder = train_ensemble(args.config, over) if is_ensemble_config(args.config) else train(load_config(args.config, over))
+        main_rank = distributed.is_main()
+    finally:
+        distributed.cleanup()
+    if not main_rank:
+        return 0
     meta = json.loads((folder / "model.json").read_text())
     summary = meta["metrics"].get("test", {}).get("all", {}).get("summary")
     print(f"model written to {folder}")
@@ -121,6 +132,23 @@ def cmd_classify(args: argparse.Namespace) -> int:
             for reason in tariff["review_reasons"]:
                 print(f"  review: {reason}")
     return 0 if data["attributes"] is not None else 1
+
+
+def cmd_classify_batch(args: argparse.Namespace) -> int:
+    from . import distributed
+    from .batch import classify_batch, read_items
+
+    items = read_items(args.input, args.items)  # a bad list is refused before the model loads
+    distributed.setup()
+    try:
+        counts = classify_batch(items, args.out, args.model, top_k=args.top_k, bf16=False if args.fp32 else None,
+                                progress=not args.no_progress)
+        if distributed.is_main():
+            print(f"{counts['items']} items in {args.out}: {counts['skipped']} done before, "
+                  f"{counts['items'] - counts['skipped']} classified now by {distributed.world_size()} process(es)")
+    finally:
+        distributed.cleanup()
+    return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -228,6 +256,19 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=_positive_int, default=5, help="tariff candidates per level")
     p.set_defaults(func=cmd_classify)
 
+    p = sub.add_parser("classify-batch", help="classify a folder or a list of items into a JSON-lines file; "
+                       "resumable, split across ranks under torchrun")
+    p.add_argument("--input", required=True, metavar="LIST_OR_DIR",
+                   help="a folder (one item per photo or per subfolder; its labels.csv if it has one) or a list "
+                        "(.csv with an image column, or one photo path per line)")
+    p.add_argument("--out", required=True, help="JSON-lines file, one line per item (items already in it are skipped)")
+    p.add_argument("--items", metavar="COLUMN", help="CSV column whose equal values form one item (e.g. item)")
+    p.add_argument("--model", help="model folder (default: the shipped model)")
+    p.add_argument("--top-k", type=_positive_int, default=5, help="tariff candidates per level")
+    p.add_argument("--fp32", action="store_true", help="never use bf16")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_classify_batch)
+
     p = sub.add_parser("evaluate", help="measure a model on a labels.csv folder")
     p.add_argument("--data", required=True, help="dataset folder with labels.csv")
     p.add_argument("--split", default="test", help="train / val / test / all")
@@ -258,7 +299,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+    main_rank = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 logs progress
+    logging.basicConfig(level=logging.INFO if args.verbose and main_rank else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)

@@ -101,7 +101,7 @@ def table_outputs(fn, table: LabelTable, preset: EvalPreset, batch_size: int = 6
         LabelsError: a photo cannot be used; names its line in labels.csv (the run stops there).
     """
     loader = torch.utils.data.DataLoader(PhotoDataset(table, preset), batch_size=batch_size,
-                                         num_workers=num_workers)
+                                         num_workers=num_workers, pin_memory=torch.cuda.is_available())
     out: dict[str, np.ndarray] = {}
     for x, _, idx, errors in tqdm(loader, desc=desc, disable=not progress):
         bad = next((j for j, e in enumerate(errors) if e), None)

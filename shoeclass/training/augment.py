@@ -11,6 +11,7 @@
 """
 from __future__ import annotations
 
+import hashlib
 import math
 
 import albumentations as A
@@ -29,7 +30,9 @@ class TrainPreset(EvalPreset):
     """Training augmentation (albumentations) between squaring and normalising.
 
     Crops that keep 50–100 % of the area, flips, rotation up to ±15°, colour shifts, blur and
-    JPEG artefacts: the same family of changes a declarant's photos show.
+    JPEG artefacts: the same family of changes a declarant's photos show. With a ``seed`` each
+    photo's draw depends only on the seed and the photo, not on the photos before it, so a view
+    is the same whatever the order, the DataLoader workers or the torchrun shard that made it.
     """
 
     def __init__(self, backbone: str, seed: int | None = None) -> None:
@@ -42,9 +45,13 @@ class TrainPreset(EvalPreset):
             A.GaussianBlur(blur_limit=(3, 5), p=0.2),
             A.ImageCompression(quality_range=(30, 90), p=0.3),
         ], seed=seed)
+        self.seed = seed
 
     def pixels(self, img: Image.Image) -> np.ndarray:
         px = np.asarray(square(img).resize((SIZE, SIZE), Image.BILINEAR), dtype=np.uint8)  # (224, 224, 3)
+        if self.seed is not None:
+            photo = int.from_bytes(hashlib.blake2b(px.tobytes(), digest_size=4).digest(), "little")
+            self.augment.set_random_seed((self.seed * 1_000_003 + photo) % 2**32)
         aug = self.augment(image=px)["image"]
         return np.asarray(brighten(Image.fromarray(aug)), dtype=np.uint8)
 

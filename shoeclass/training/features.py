@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .. import distributed
 from ..data import EvalPreset, table_outputs
 from ..labels import LabelTable
 from ..models import Trunk, state_checksum
@@ -59,21 +60,61 @@ def feature_cache_path(trunk: Trunk, table: LabelTable, preset: EvalPreset, cach
 
 def _cached(path: Path, trunk: Trunk, table: LabelTable, preset: EvalPreset, *, bf16: bool | None,
             batch_size: int, num_workers: int, progress: bool) -> np.ndarray:
-    """The trunk's features of every photo as float16, from ``path`` when computed before."""
+    """The trunk's features of every photo as float16, from ``path`` when computed before.
+
+    Under torchrun rank r of N computes rows r, r+N, … into ``<path>.part<r>of<N>.npy`` (kept, so a
+    rerun after a killed rank redoes only the missing shards), rank 0 merges them into ``path``.
+    """
     if path.is_file():
         logger.info("trunk features from cache %s", path)
         return np.load(path)
+    r, n = distributed.rank(), distributed.world_size()
+    part = path.with_name(f"{path.stem}.part{r}of{n}.npy") if n > 1 else path
+    if part.is_file():
+        logger.info("trunk features of shard %d/%d from %s", r, n, part)
+    else:
+        _save(part, _compute(trunk, table.subset(np.arange(r, len(table), n)), preset, bf16=bf16,
+                             batch_size=batch_size, num_workers=num_workers, progress=progress and r == 0,
+                             desc=path.stem.rsplit("-", 1)[0]))
+    if n == 1:
+        return np.load(path)
+    distributed.barrier()
+    if distributed.is_main():
+        parts = [path.with_name(f"{path.stem}.part{i}of{n}.npy") for i in range(n)]
+        shards = [np.load(p) for p in parts]
+        out = np.empty((len(table), trunk.dim), np.float16)
+        for i, shard in enumerate(shards):
+            out[i::n] = shard
+        _save(path, out)
+        for p in parts:
+            p.unlink()
+    distributed.barrier()
+    return np.load(path)
+
+
+def _compute(trunk: Trunk, table: LabelTable, preset: EvalPreset, *, bf16: bool | None, batch_size: int,
+             num_workers: int, progress: bool, desc: str) -> np.ndarray:
+    """(N, D) float16 features, on this process's device (CUDA when present, bf16 autocast)."""
     prepare_for_inference(trunk)
+    dev, home = distributed.device(), next(trunk.parameters()).device
+    trunk.to(dev)
+    use_bf16 = (cpu_has_bf16() if dev.type == "cpu" else True) if bf16 is None else bf16
 
     def run(x: torch.Tensor) -> dict[str, np.ndarray]:
-        with torch.inference_mode(), autocast(cpu_has_bf16() if bf16 is None else bf16):
-            z = trunk(x.to(memory_format=torch.channels_last)).float().numpy()  # (B, D)
+        with torch.inference_mode(), autocast(use_bf16, dev):
+            x = x.to(dev, non_blocking=True).contiguous(memory_format=torch.channels_last)
+            z = trunk(x).float().cpu().numpy()  # (B, D)
         return {"features": z.astype(np.float16)}
 
-    out = table_outputs(run, table, preset, batch_size, num_workers, progress,
-                        desc=path.stem.rsplit("-", 1)[0]).get("features", np.empty((0, trunk.dim), np.float16))
+    try:
+        return table_outputs(run, table, preset, batch_size, num_workers, progress,
+                             desc=desc).get("features", np.empty((0, trunk.dim), np.float16))
+    finally:
+        trunk.to(home)
+
+
+def _save(path: Path, array: np.ndarray) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.npy")
-    np.save(tmp, out)
+    np.save(tmp, array)
     tmp.replace(path)
-    return out

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from scipy.special import expit
 
+from .. import distributed
 from ..attributes import MASK, OUTPUT_KEYS
 from ..calibration import SoftmaxTemperature, TemperatureScaling
 from ..data import EvalPreset
@@ -56,12 +57,22 @@ def predict_logits(heads: torch.nn.Module, x: np.ndarray) -> np.ndarray:
 def heads_loss(out: dict[str, torch.Tensor], y: torch.Tensor, cw: torch.Tensor, w: torch.Tensor,
                gate: torch.Tensor | None = None, suit: torch.Tensor | None = None) -> torch.Tensor:
     """The heads' training loss on one batch: masked class-weighted BCE of the 14 outputs, plus
-    half the cluster gate's cross-entropy (rows with a known cluster) and half the suitability BCE."""
-    loss = masked_bce(out["logits"], y, cw, w)
-    if gate is not None and "gate" in out and (gate >= 0).any():
-        loss = loss + 0.5 * torch.nn.functional.cross_entropy(out["gate"][gate >= 0], gate[gate >= 0])
-    if suit is not None and "suitability" in out:
-        loss = loss + 0.5 * masked_bce(out["suitability"], suit)
+    half the cluster gate's cross-entropy (rows with a known cluster) and half the suitability BCE.
+
+    Under torch.distributed each term is divided by its count over the whole global batch (all
+    ranks) times the world size, so DDP's gradient average equals one process's gradient of the
+    global batch, however the masked labels fall across ranks."""
+    has_gate = gate is not None and "gate" in out
+    has_suit = suit is not None and "suitability" in out
+    counts = torch.stack([(y != MASK).sum(), (gate >= 0).sum() if has_gate else torch.tensor(0),
+                          (suit != MASK).sum() if has_suit else torch.tensor(0)]).float()
+    den = (distributed.all_sum(counts) / distributed.world_size()).clamp(min=1)  # (3,)
+    loss = masked_bce(out["logits"], y, cw, w, denominator=den[0])
+    if has_gate:  # a batch without known clusters adds 0 (and zero gradients, as DDP needs)
+        known = gate >= 0
+        loss = loss + 0.5 * torch.nn.functional.cross_entropy(out["gate"][known], gate[known], reduction="sum") / den[1]
+    if has_suit:
+        loss = loss + 0.5 * masked_bce(out["suitability"], suit, denominator=den[2])
     return loss
 
 
@@ -89,6 +100,10 @@ def fit_heads(heads: torch.nn.Module, x: np.ndarray, y: np.ndarray, w: np.ndarra
     xt, yt, wt = torch.from_numpy(x), torch.from_numpy(y), torch.from_numpy(w)
     gt = torch.from_numpy(gate_targets) if gate_targets is not None else None
     st = torch.from_numpy(suit_targets) if suit_targets is not None else None
+    sampler, local = _row_sampler(len(xt), cfg)
+    # Under torchrun every rank holds all cached features and takes its share of each global
+    # batch; DDP averages the gradients, so the heads stay identical on every rank.
+    net = torch.nn.parallel.DistributedDataParallel(heads) if distributed.is_distributed() else heads
     # Evaluate and keep an exponential moving average of the weights: on frozen features the
     # validation score of the raw weights jumps from epoch to epoch.
     ema = torch.optim.swa_utils.AveragedModel(heads, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.ema),
@@ -97,8 +112,9 @@ def fit_heads(heads: torch.nn.Module, x: np.ndarray, y: np.ndarray, w: np.ndarra
     for epoch in range(cfg.epochs):
         heads.train()
         losses = []
-        for idx in torch.randperm(len(xt)).split(cfg.batch_size):
-            loss = heads_loss(heads(xt[idx]), yt[idx], cw, wt[idx], None if gt is None else gt[idx],
+        sampler.set_epoch(epoch)
+        for idx in torch.tensor(list(sampler)).split(local):  # this rank's rows of each global batch
+            loss = heads_loss(net(xt[idx]), yt[idx], cw, wt[idx], None if gt is None else gt[idx],
                               None if st is None else st[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -119,6 +135,21 @@ def fit_heads(heads: torch.nn.Module, x: np.ndarray, y: np.ndarray, w: np.ndarra
     heads.load_state_dict(best_state)
     return {"epochs_run": epoch + 1, "best_epoch": best_epoch, "val_mean_balanced_accuracy": best,
             "seconds": round(time.time() - t0, 1)}
+
+
+def _row_sampler(n_rows: int, cfg: TrainConfig) -> tuple[torch.utils.data.DistributedSampler, int]:
+    """This rank's rows in a fresh random order each epoch (``sampler.set_epoch``), and its batch
+    size. With N ranks each takes ``ceil(batch_size / N)`` rows of every global batch of
+    ``batch_size``: rank r's batch k holds rows ``k·B + r, k·B + r + N, …`` of the shuffled order, so
+    the ranks together see exactly the batches one process sees (when the row count is a multiple
+    of N; otherwise the sampler repeats a few rows to even the shards)."""
+    n = distributed.world_size()
+    sampler = torch.utils.data.DistributedSampler(range(n_rows), num_replicas=n, rank=distributed.rank(),
+                                                  shuffle=True, seed=cfg.seed)
+    local = -(-cfg.batch_size // n)
+    if local * n != cfg.batch_size:
+        logger.warning("batch_size %d is not a multiple of %d processes: global batch %d", cfg.batch_size, n, local * n)
+    return sampler, local
 
 
 PULLS = (0.0, 0.25, 0.5, 0.75)

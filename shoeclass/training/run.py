@@ -18,6 +18,7 @@ import numpy as np
 import torch
 import yaml
 
+from .. import distributed
 from ..backbones import get_backbone
 from ..calibration import TemperatureScaling
 from ..checkpoint import save_checkpoint
@@ -49,10 +50,15 @@ def train(cfg: TrainConfig) -> Path:
     """Run one training as configured; returns the model folder."""
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
+    scratch = get_backbone(cfg.model.backbone).kind == "scratch"
+    if distributed.world_size() > 1 and (scratch or cfg.model.tuned_blocks):
+        raise ValueError(f"{'lenet' if scratch else 'model.tuned_blocks > 0 (fine-tuning)'} trains on one process "
+                         "only; under torchrun shoeclass shards the cached trunk features and the heads "
+                         "(model.tuned_blocks: 0)")
     table = read_labels(cfg.data, require_splits=("train", "val"), skip_bad=cfg.skip_bad)  # problems before training
     splits = {s: table.subset(table.split == s) for s in ("train", "val", "test")}
     t0 = time.time()
-    if get_backbone(cfg.model.backbone).kind == "scratch":  # lenet: end to end on pixels
+    if scratch:  # lenet: end to end on pixels
         model, history, logits_test = train_lenet(cfg, splits)
         decision, trunk_info = DecisionLayer(), {}
         logits_val = history.pop("val_logits")
@@ -71,10 +77,13 @@ def train(cfg: TrainConfig) -> Path:
             "decision": decision.to_dict(),
             "training": {"config": plain(asdict(cfg)), "history": history, "data": data_summary(table)},
             "metrics": {"test": json_safe(metrics)}}
-    folder = save_checkpoint(model, cfg.out, meta)
-    (Path(cfg.out) / "config.yaml").write_text(yaml.safe_dump(plain(asdict(cfg)), sort_keys=False))
-    finish_folder(folder)
-    logger.info("model written to %s", folder)
+    folder = Path(cfg.out)
+    if distributed.is_main():  # every rank holds the same model; one writes it
+        save_checkpoint(model, folder, meta)
+        (folder / "config.yaml").write_text(yaml.safe_dump(plain(asdict(cfg)), sort_keys=False))
+        finish_folder(folder)
+        logger.info("model written to %s", folder)
+    distributed.barrier()
     return folder
 
 
