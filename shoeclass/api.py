@@ -15,12 +15,13 @@ import torch
 from scipy.special import expit
 
 from .attributes import OUTPUT_KEYS
+from .backends import load_runtime
 from .checkpoint import load_checkpoint, resolve_path
 from .data import EvalPreset
 from .decision import DecisionLayer
 from .images import ImageError, ImageInput, describe_source, load_image
 from .result import ItemResult, PhotoResult
-from .runtime import autocast, prepare_for_inference
+from .runtime import prepare_for_inference
 from .facts import DeclaredFacts
 from .tariff import classify_tariff
 
@@ -36,29 +37,33 @@ class Classifier:
         model: a model folder (None: the shipped default in weights/default).
         bf16: bf16 autocast on the CPU; None chooses it when the CPU supports bf16 natively.
         batch_size: photos per trunk pass.
+        runtime: what runs the network: ``auto`` (the fastest installed; PyTorch without the
+            ``onnx`` extra), ``torch``, ``openvino`` or ``onnxruntime`` (see ``backends.py``).
     """
 
-    def __init__(self, model: str | Path | None = None, bf16: bool | None = None, batch_size: int = 32) -> None:
+    def __init__(self, model: str | Path | None = None, bf16: bool | None = None, batch_size: int = 32,
+                 runtime: str | None = None) -> None:
         self.path = resolve_path(model)
         self.net, self.meta = load_checkpoint(self.path)
         prepare_for_inference(self.net)
         self.preset = EvalPreset(self.meta["backbone"])
         self.bf16, self.batch_size = bf16, batch_size
+        self.runtime = load_runtime(runtime, self.net, self.meta, bf16)
         self.decision = DecisionLayer.from_dict(self.meta.get("decision"))
         self.thresholds = self.decision.thresholds
         ens = self.meta.get("ensemble")
         # members: fine-tuned models averaged (1 for a single model); mirror: the mirrored photo too
         self.info = {"name": self.path.name, "backbone": self.meta["backbone"], "sha256": self.meta["sha256"],
-                     "members": len(ens["members"]) if ens else 1, "mirror": bool(ens and ens["flip"])}
+                     "members": len(ens["members"]) if ens else 1, "mirror": bool(ens and ens["flip"]),
+                     "runtime": f"{self.runtime.name} {self.runtime.precision}"}
 
     def predict_tensors(self, x: torch.Tensor) -> dict[str, np.ndarray]:
         """Outputs for a (B, 3, 224, 224) batch: raw ``logits`` and calibrated ``probs`` (B, 14),
         ``gate`` logits (B, C) and ``suitability`` (B, 14) when the model has them."""
         outs: dict[str, list] = {}
-        with torch.inference_mode(), autocast(self.bf16):
-            for chunk in x.split(self.batch_size):
-                for k, v in self.net(chunk.contiguous(memory_format=torch.channels_last)).items():
-                    outs.setdefault(k, []).append(v.float().numpy())
+        for chunk in x.split(self.batch_size):
+            for k, v in self.runtime(chunk).items():
+                outs.setdefault(k, []).append(v)
         res = {k: np.concatenate(v) for k, v in outs.items()}
         res["probs"] = self.decision.photo_probs(res["logits"], res.get("gate"))  # (B, 14)
         if "suitability" in res:
@@ -103,8 +108,8 @@ class Classifier:
 
 
 @functools.lru_cache(maxsize=4)
-def _cached_classifier(path: str | None, bf16: bool | None) -> Classifier:
-    return Classifier(path, bf16=bf16)
+def _cached_classifier(path: str | None, bf16: bool | None, runtime: str | None) -> Classifier:
+    return Classifier(path, bf16=bf16, runtime=runtime)
 
 
 def _as_list(images) -> list:
@@ -117,7 +122,7 @@ def _as_list(images) -> list:
 
 def classify_images(images: ImageInput | Sequence[ImageInput], model: str | Path | Classifier | None = None,
                     *, declared: DeclaredFacts | dict | None = None, top_k: int = 5,
-                    bf16: bool | None = None) -> ItemResult:
+                    bf16: bool | None = None, runtime: str | None = None) -> ItemResult:
     """Classify the photos of one footwear item.
 
     Args:
@@ -130,6 +135,7 @@ def classify_images(images: ImageInput | Sequence[ImageInput], model: str | Path
             every fact is optional, unstated ones are marginalised.
         top_k: tariff candidates kept at each of 4, 6 and 10 digits.
         bf16: force bf16 (True) or fp32 (False); None picks bf16 where the CPU supports it.
+        runtime: ``auto`` (default), ``torch``, ``openvino`` or ``onnxruntime`` (see :class:`Classifier`).
 
     Returns:
         An :class:`ItemResult`; ``result.to_dict()["attributes"]`` maps every attribute key to
@@ -147,5 +153,5 @@ def classify_images(images: ImageInput | Sequence[ImageInput], model: str | Path
         >>> r.to_dict()["attributes"]["height_knee"]
     """
     clf = model if isinstance(model, Classifier) else _cached_classifier(
-        str(model) if model is not None else None, bf16)
+        str(model) if model is not None else None, bf16, runtime)
     return clf.classify(images, declared=declared, top_k=top_k)

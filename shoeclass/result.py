@@ -13,7 +13,8 @@
       "keys": [...],                          # the column order of "matrix"
       "cluster": {...} | null,                # most likely cluster, atypical attributes firing
       "tariff": {...} | null,                 # shoeclass.tariff.TariffDecision.to_dict()
-      "model": {"name": ..., "backbone": ..., "sha256": ..., "members": n, "mirror": bool}
+      "model": {"name": ..., "backbone": ..., "sha256": ..., "members": n, "mirror": bool,
+                "runtime": "openvino bf16" | "torch fp32" | ...}
     }
 """
 from __future__ import annotations
