@@ -276,9 +276,14 @@ def main(argv: list[str] | None = None) -> int:
     agree = agreement(torch_clf, {k: v for k, v in runtimes.items() if k != "default (Classifier)"}, pixels)
     agree["default (Classifier)"] = agree.get(default.info["runtime"], agree.get(REFERENCE))
     del pixels
+    for name, a in agree.items():
+        print(f"  {name}: decisions agree with fp32 on {a['agreement']:.4f} ({a['changed']} of {a['decisions']} changed)",
+              flush=True)
 
     jpegs = [Path(p).read_bytes() for p in test.paths()[: (96 if q else 480)]]
     sp = speed(torch_clf, {k: v for k, v in runtimes.items() if k != "default (Classifier)"}, default, jpegs, rounds)
+    for name, r in sp.items():
+        print(f"  {name}: photos/s " + ", ".join(f"{k} {v:.1f}" for k, v in r.items()), flush=True)
     st_default, st_old = stages(default, jpegs, 10 if q else 30), stages(old, jpegs, 10 if q else 30)
     lat = latency({"default": default, "old": old}, jpegs, 10 if q else 40)
     ret = {} if args.no_retained else retained(q)
