@@ -39,11 +39,13 @@ import torch  # noqa: E402
 from shoeclass.api import Classifier, classify_images  # noqa: E402
 from shoeclass.attributes import OUTPUT_KEYS  # noqa: E402
 from shoeclass.backends import AUTO_ORDER, OnnxRuntime, OpenVinoRuntime, TorchRuntime, runtime_available  # noqa: E402
+from shoeclass.checkpoint import DEFAULT_MODEL  # noqa: E402
 from shoeclass.export import cached_onnx  # noqa: E402
 from shoeclass.images import load_image  # noqa: E402
 from shoeclass.labels import read_labels  # noqa: E402
 from shoeclass.runtime import configure_threads, cpu_has_bf16  # noqa: E402
-from shoeclass.tariff import DeclaredFacts, classify_tariff  # noqa: E402
+from shoeclass.facts import DeclaredFacts  # noqa: E402
+from shoeclass.tariff import classify_tariff  # noqa: E402
 
 BATCH = 32
 OLD = "torch bf16" if cpu_has_bf16() else "torch fp32"  # the shipped path before this benchmark
@@ -184,7 +186,8 @@ def stages(clf: Classifier, jpegs: list[bytes], reps: int) -> dict:
         fused, cluster = clf.decision.item(probs, gates, suit)
         t4 = time.perf_counter()
         tariff = classify_tariff(dict(zip(OUTPUT_KEYS, map(float, fused))), facts, top_k=5,
-                                 wrong_cluster=bool(cluster and cluster["wrong_cluster"])).to_dict()
+                                 atypical=tuple(cluster["atypical_firing"]) if cluster else (),
+                                 cluster=cluster["name"] if cluster else None).to_dict()
         t5 = time.perf_counter()
         res = ItemResult([PhotoResult(f"p{i}", probs=probs[i]) for i in range(3)], fused, clf.thresholds,
                          cluster=cluster, tariff=tariff, model=clf.info)
@@ -232,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="200 test photos, fewer rounds")
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data"))
-    ap.add_argument("--model", default=str(ROOT / "weights" / "default"))
+    ap.add_argument("--model", default=str(DEFAULT_MODEL))
     ap.add_argument("--rounds", type=int, help="interleaved speed rounds (default 5 quick, 15 full)")
     ap.add_argument("--calib", type=int, default=256, help="validation photos calibrating int8 (0: no int8)")
     ap.add_argument("--no-retained", action="store_true", help="skip speed.py's retained checks")
