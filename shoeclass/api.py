@@ -17,13 +17,14 @@ from scipy.special import expit
 
 from .attributes import OUTPUT_KEYS
 from .blank import blank_problem
+from .backends import load_runtime
 from .checkpoint import load_checkpoint, resolve_path
 from .data import EvalPreset
 from .decision import DecisionLayer
 from .images import ImageError, ImageInput, describe_source, load_image
 from .models import Heads
 from .result import ItemResult, PhotoResult
-from .runtime import autocast, prepare_for_inference
+from .runtime import prepare_for_inference
 from .facts import DeclaredFacts
 from .tariff import classify_tariff
 
@@ -45,10 +46,14 @@ class Classifier:
         batch_size: photos per trunk pass.
         device: where the model runs (default the CPU; ``runtime.default_device()`` picks CUDA
             when present). On CUDA bf16 autocast is on unless ``bf16`` is False.
+        runtime: what runs the network: ``torch`` (the default: it also gives the photo
+            embeddings that detect photos of different products in one item), ``openvino``,
+            ``onnxruntime`` or ``auto`` (the fastest installed; see ``backends.py``). The exported
+            graphs hold no embedding, so under them the different-products check is skipped.
     """
 
     def __init__(self, model: str | Path | None = None, bf16: bool | None = None, batch_size: int = 32,
-                 device: torch.device | str = "cpu") -> None:
+                 device: torch.device | str = "cpu", runtime: str | None = None) -> None:
         self.path = resolve_path(model)
         self.device = torch.device(device)
         self.net, self.meta = load_checkpoint(self.path)
@@ -56,12 +61,14 @@ class Classifier:
         pre = self.meta["preprocessing"]  # validated against this code's preprocessing on load
         self.preset = EvalPreset(self.meta["backbone"], tuple(pre["mean"]), tuple(pre["std"]))
         self.bf16, self.batch_size = bf16, batch_size
+        self.runtime = load_runtime(runtime, self.net, self.meta, bf16)
         self.decision = DecisionLayer.from_dict(self.meta.get("decision"))
         self.thresholds = self.decision.thresholds
         ens = self.meta.get("ensemble")
         # members: fine-tuned models averaged (1 for a single model); mirror: the mirrored photo too
         self.info = {"name": self.path.name, "backbone": self.meta["backbone"], "sha256": self.meta["sha256"],
-                     "members": len(ens["members"]) if ens else 1, "mirror": bool(ens and ens["flip"])}
+                     "members": len(ens["members"]) if ens else 1, "mirror": bool(ens and ens["flip"]),
+                     "runtime": f"{self.runtime.name} {self.runtime.precision}"}
 
     def predict_tensors(self, x: torch.Tensor, stop: threading.Event | None = None) -> dict[str, np.ndarray]:
         """Outputs for a (B, 3, 224, 224) batch: raw ``logits`` and calibrated ``probs`` (B, 14),
@@ -73,27 +80,34 @@ class Classifier:
             Cancelled: ``stop`` was set (checked between batches).
         """
         outs: dict[str, list] = {}
-        heads = [m for m in self.net.modules() if isinstance(m, Heads)]
-        seen: list[torch.Tensor] = []
-        hooks = [h.register_forward_pre_hook(lambda mod, args: seen.append((args[0] - mod.mu) / mod.sigma))
-                 for h in heads]
-        try:
-            with torch.inference_mode(), autocast(self.bf16, self.device):
-                for chunk in x.split(self.batch_size):
-                    if stop is not None and stop.is_set():
-                        raise Cancelled("classification cancelled")
-                    seen.clear()
-                    chunk = chunk.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-                    for k, v in self.net(chunk).items():
-                        outs.setdefault(k, []).append(v.float().cpu().numpy())
-                    if not seen:  # a model without standardised heads (lenet) has no embedding
-                        continue
-                    # (B·views, D) per member -> (B, members·D); views are the photo and its mirror
-                    z = torch.cat([s.float().view(-1, len(chunk), s.shape[1]).mean(0) for s in seen], 1)
-                    outs.setdefault("embedding", []).append(torch.nn.functional.normalize(z, dim=1).cpu().numpy())
-        finally:
-            for h in hooks:
-                h.remove()
+        if self.runtime.name != "torch":  # an exported graph: no embedding (see runtime above)
+            for chunk in x.split(self.batch_size):
+                if stop is not None and stop.is_set():
+                    raise Cancelled("classification cancelled")
+                for k, v in self.runtime(chunk).items():
+                    outs.setdefault(k, []).append(v)
+        else:
+            heads = [m for m in self.net.modules() if isinstance(m, Heads)]
+            seen: list[torch.Tensor] = []
+            hooks = [h.register_forward_pre_hook(lambda mod, args: seen.append((args[0] - mod.mu) / mod.sigma))
+                     for h in heads]
+            try:
+                with torch.inference_mode(), autocast(self.bf16, self.device):
+                    for chunk in x.split(self.batch_size):
+                        if stop is not None and stop.is_set():
+                            raise Cancelled("classification cancelled")
+                        seen.clear()
+                        chunk = chunk.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+                        for k, v in self.net(chunk).items():
+                            outs.setdefault(k, []).append(v.float().cpu().numpy())
+                        if not seen:  # a model without standardised heads (lenet) has no embedding
+                            continue
+                        # (B·views, D) per member -> (B, members·D); views are the photo and its mirror
+                        z = torch.cat([s.float().view(-1, len(chunk), s.shape[1]).mean(0) for s in seen], 1)
+                        outs.setdefault("embedding", []).append(torch.nn.functional.normalize(z, dim=1).cpu().numpy())
+            finally:
+                for h in hooks:
+                    h.remove()
         res = {k: np.concatenate(v) for k, v in outs.items()}
         res["probs"] = self.decision.photo_probs(res["logits"], res.get("gate"))  # (B, 14)
         if "suitability" in res:
@@ -198,8 +212,8 @@ def _fact_ok(name, value) -> bool:
 
 
 @functools.lru_cache(maxsize=4)
-def _cached_classifier(path: str | None, bf16: bool | None) -> Classifier:
-    return Classifier(path, bf16=bf16)
+def _cached_classifier(path: str | None, bf16: bool | None, runtime: str | None) -> Classifier:
+    return Classifier(path, bf16=bf16, runtime=runtime)
 
 
 def _as_list(images) -> list:
@@ -212,7 +226,7 @@ def _as_list(images) -> list:
 
 def classify_images(images: ImageInput | Sequence[ImageInput], model: str | Path | Classifier | None = None,
                     *, declared: DeclaredFacts | dict | None = None, top_k: int = 5,
-                    bf16: bool | None = None) -> ItemResult:
+                    bf16: bool | None = None, runtime: str | None = None) -> ItemResult:
     """Classify the photos of one footwear item.
 
     Args:
@@ -225,6 +239,7 @@ def classify_images(images: ImageInput | Sequence[ImageInput], model: str | Path
             every fact is optional, unstated ones are marginalised.
         top_k: tariff candidates kept at each of 4, 6 and 10 digits.
         bf16: force bf16 (True) or fp32 (False); None picks bf16 where the CPU supports it.
+        runtime: ``auto`` (default), ``torch``, ``openvino`` or ``onnxruntime`` (see :class:`Classifier`).
 
     Returns:
         An :class:`ItemResult`; ``result.to_dict()["attributes"]`` maps every attribute key to
@@ -244,5 +259,5 @@ def classify_images(images: ImageInput | Sequence[ImageInput], model: str | Path
         >>> r.to_dict()["attributes"]["height_knee"]
     """
     clf = model if isinstance(model, Classifier) else _cached_classifier(
-        str(model) if model is not None else None, bf16)
+        str(model) if model is not None else None, bf16, runtime)
     return clf.classify(images, declared=declared, top_k=top_k)

@@ -102,7 +102,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
 
     logging.getLogger("shoeclass.api").setLevel(logging.ERROR)  # photo errors: printed once, below
     result = classify_images(args.photos, model=args.model, declared=declared, top_k=args.top_k,
-                             bf16=False if args.fp32 else None)
+                             bf16=False if args.fp32 else None, runtime=args.runtime)
     data = result.to_dict()
     if args.json:
         print(json.dumps(data, indent=2, ensure_ascii=False))
@@ -223,6 +223,15 @@ class _SubParsers(argparse._SubParsersAction):
         return super().add_parser(name, **kw)
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from .checkpoint import load_checkpoint
+    from .export import export_onnx
+
+    net, _ = load_checkpoint(args.model)
+    print(f"ONNX graph written to {export_onnx(net, args.out)}")
+    return 0
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="shoeclass", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -252,6 +261,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="model folder (default: the shipped model)")
     p.add_argument("--json", action="store_true", help="print the full JSON result")
     p.add_argument("--fp32", action="store_true", help="never use bf16")
+    p.add_argument("--runtime", choices=["auto", "torch", "openvino", "onnxruntime"],
+                   help="what runs the network (default auto: the fastest installed)")
     add_fact_arguments(p.add_argument_group("declared facts (all optional; shoeclass/facts.py)"))
     p.add_argument("--top-k", type=_positive_int, default=5, help="tariff candidates per level")
     p.set_defaults(func=cmd_classify)
@@ -291,6 +302,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("clusters", help="print the attribute clusters a model found and gates on")
     p.add_argument("--model", help="model folder (default: the shipped model)")
     p.set_defaults(func=cmd_clusters)
+
+    p = sub.add_parser("export", help="write a model folder as one ONNX graph (ONNX Runtime, OpenVINO)")
+    p.add_argument("--model", help="model folder (default: the shipped model)")
+    p.add_argument("--out", required=True, help="the .onnx file to write")
+    p.set_defaults(func=cmd_export)
 
     add_serve_parser(sub)
     load_scraper("cli").add_parsers(sub)  # scrape, import-folder, fetch

@@ -279,13 +279,14 @@ class EnsembleNet(nn.Module):
         self.cfg = members[0].cfg
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        n = len(x)
+        views = 2 if self.flip else 1
         if self.flip:
             x = torch.cat([x, x.flip(3)])  # (2B, 3, H, W): photos, then their mirror images
         s = self.members[0].trunk.stem(x)  # shared frozen stem
         outs = [m.heads(m.trunk.tail(s)) for m in self.members]
         avg = {k: torch.stack([o[k] for o in outs]).mean(0) for k in outs[0]}  # (2B, K) each
-        return {k: v.view(-1, n, v.shape[1]).mean(0) for k, v in avg.items()}  # (B, K)
+        # split by view count, not by len(x): an ONNX export then keeps the batch size free
+        return {k: v.view(views, -1, v.shape[1]).mean(0) for k, v in avg.items()}  # (B, K)
 
 
 def state_checksum(module: nn.Module) -> str:

@@ -13,7 +13,8 @@
       "keys": [...],                          # the column order of "matrix"
       "cluster": {...} | null,                # most likely cluster, atypical attributes firing
       "tariff": {...} | null,                 # shoeclass.tariff.TariffDecision.to_dict()
-      "model": {"name": ..., "backbone": ..., "sha256": ..., "members": n, "mirror": bool},
+      "model": {"name": ..., "backbone": ..., "sha256": ..., "members": n, "mirror": bool,
+                "runtime": "torch fp32" | "torch bf16" | "openvino bf16" | ...},
       "set_aside": [{"photo": name, "attributes": "all" | [key, ...], "reason": str}],
       "review": {"reason": "different_products", "photo": name, "detail": str} | null
     }

@@ -225,7 +225,7 @@ def create_app(model: str | Path | Classifier | None = None, *, max_photos: int 
         metrics = meta.get("metrics", {})
         return JSONResponse(_finite({
             "name": clf.path.name, "backbone": meta["backbone"], "members": clf.info["members"],
-            "mirror": clf.info["mirror"], "attributes": meta["attributes"],
+            "mirror": clf.info["mirror"], "runtime": clf.info["runtime"], "attributes": meta["attributes"],
             "version": {"shoeclass": __version__, "format": meta.get("format_version"),
                         "schema": SCHEMA_VERSION},
             "metrics": {split: m.get("all", {}).get("summary") for split, m in metrics.items()

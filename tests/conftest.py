@@ -61,3 +61,21 @@ def make_dataset(root: Path, n: int = 36, seed: int = 0) -> Path:
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory) -> Path:
     return make_dataset(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _runtime_env(tmp_path_factory):
+    """ONNX exports go to a temporary cache, never the user's; tests of what surrounds the network
+    run it with PyTorch (one export per tiny model would cost seconds each). The runtimes themselves
+    are tested in test_export.py and on the example photos, which pass ``runtime`` explicitly."""
+    import os
+
+    saved = {k: os.environ.get(k) for k in ("SHOECLASS_CACHE", "SHOECLASS_RUNTIME")}
+    os.environ["SHOECLASS_CACHE"] = str(tmp_path_factory.mktemp("shoeclass_cache"))
+    os.environ["SHOECLASS_RUNTIME"] = "torch"
+    yield
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v

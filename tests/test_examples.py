@@ -14,7 +14,7 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 @pytest.fixture(scope="module")
 def default():
-    return Classifier()
+    return Classifier(runtime="auto")  # what a user gets: the fastest installed runtime
 
 
 def test_shipped_model_carries_its_measured_metrics():

@@ -1,0 +1,153 @@
+"""The runtimes that execute a loaded network: PyTorch, OpenVINO or ONNX Runtime, behind one call.
+
+Every runtime maps a (B, 3, 224, 224) float32 batch of normalised photos to the network's outputs
+as float32 numpy arrays: ``logits`` (B, 14), and ``gate`` (B, C) and ``suitability`` (B, 14) when
+the model has them. OpenVINO and ONNX Runtime run the ONNX export of the same network
+(``export.py``), made once per model and cached.
+
+``auto`` takes the first runtime of :data:`AUTO_ORDER` that is installed: the order
+``benchmarks/runtimes.py`` measured, fastest first among those whose decisions agree with fp32
+PyTorch on ≥ 99.5 % of the test photos' outputs (BENCHMARKS.md, "Runtimes"). Without the optional
+packages (``pip install "shoeclass[onnx]"``), or when the export fails, ``auto`` falls back to
+PyTorch. ``$SHOECLASS_RUNTIME`` sets the runtime when none is passed; without it the runtime is
+PyTorch, the only one that also gives the photo embeddings of the different-products check
+(``item_checks.py``): the exported graphs return the head outputs alone.
+"""
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import threading
+
+import numpy as np
+import torch
+
+from .runtime import autocast, cpu_has_bf16
+
+__all__ = ["RUNTIMES", "AUTO_ORDER", "TorchRuntime", "OnnxRuntime", "OpenVinoRuntime", "load_runtime",
+           "runtime_available"]
+
+logger = logging.getLogger(__name__)
+
+RUNTIMES = ("auto", "torch", "openvino", "onnxruntime")
+AUTO_ORDER = ("openvino", "onnxruntime", "torch")  # fastest first, as benchmarks/runtimes.py measured
+_PACKAGES = {"openvino": "openvino", "onnxruntime": "onnxruntime", "torch": "torch"}
+_INSTALL = 'pip install "shoeclass[onnx]"'
+
+
+def runtime_available(name: str) -> bool:
+    """True when the package ``name`` needs is installed (and, for an ONNX runtime, the exporter's)."""
+    need = [_PACKAGES[name]] + ([] if name == "torch" else ["onnx", "onnxscript"])
+    return all(importlib.util.find_spec(p) is not None for p in need)
+
+
+class TorchRuntime:
+    """The PyTorch network itself: channels_last, bf16 autocast where the CPU has native bf16.
+
+    Args:
+        net: the loaded network in eval mode (channels_last weights).
+        bf16: True / False, or None: bf16 when :func:`~shoeclass.runtime.cpu_has_bf16`.
+    """
+
+    name = "torch"
+
+    def __init__(self, net: torch.nn.Module, bf16: bool | None = None) -> None:
+        self.net, self.bf16 = net, cpu_has_bf16() if bf16 is None else bf16
+        self.precision = "bf16" if self.bf16 else "fp32"
+
+    def __call__(self, x: torch.Tensor | np.ndarray) -> dict[str, np.ndarray]:
+        x = torch.as_tensor(x)
+        with torch.inference_mode(), autocast(self.bf16):
+            out = self.net(x.contiguous(memory_format=torch.channels_last))
+        return {k: v.float().numpy() for k, v in out.items()}
+
+
+class OnnxRuntime:
+    """An exported network run by ONNX Runtime's CPU provider (fp32; session.run is thread-safe).
+
+    Args:
+        path: the ``.onnx`` file. threads: intra-op threads (default: torch's thread count).
+    """
+
+    name = "onnxruntime"
+    precision = "fp32"
+
+    def __init__(self, path: str | os.PathLike, threads: int | None = None) -> None:
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads or torch.get_num_threads()
+        opts.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        self.names = [o.name for o in self.session.get_outputs()]
+
+    def __call__(self, x: torch.Tensor | np.ndarray) -> dict[str, np.ndarray]:
+        x = np.ascontiguousarray(np.asarray(x, dtype=np.float32))
+        return dict(zip(self.names, self.session.run(self.names, {"photos": x})))
+
+
+class OpenVinoRuntime:
+    """An exported network compiled by OpenVINO for the CPU, one inference request per thread.
+
+    Args:
+        path: the ``.onnx`` file (fp32, or int8 QDQ from ``onnxruntime.quantization``).
+        bf16: OpenVINO's inference precision: True bf16, False f32, None bf16 where the CPU has it.
+        threads: inference threads (default: torch's thread count).
+    """
+
+    name = "openvino"
+
+    def __init__(self, path: str | os.PathLike, bf16: bool | None = None, threads: int | None = None) -> None:
+        import openvino as ov
+
+        bf16 = cpu_has_bf16() if bf16 is None else bf16
+        self.precision = "bf16" if bf16 else "fp32"
+        core = ov.Core()
+        self.model = core.compile_model(str(path), "CPU", {
+            "INFERENCE_PRECISION_HINT": "bf16" if bf16 else "f32", "PERFORMANCE_HINT": "LATENCY",
+            "INFERENCE_NUM_THREADS": threads or torch.get_num_threads()})
+        self.names = [o.get_any_name() for o in self.model.outputs]
+        self._local = threading.local()
+
+    def __call__(self, x: torch.Tensor | np.ndarray) -> dict[str, np.ndarray]:
+        x = np.ascontiguousarray(np.asarray(x, dtype=np.float32))
+        request = getattr(self._local, "request", None)
+        if request is None:
+            request = self._local.request = self.model.create_infer_request()
+        res = request.infer({0: x})
+        return {name: np.array(res[i], dtype=np.float32) for i, name in enumerate(self.names)}
+
+
+def load_runtime(runtime: str | None, net: torch.nn.Module, meta: dict, bf16: bool | None = None):
+    """The runtime that will run ``net`` (loaded from a model folder with metadata ``meta``).
+
+    Args:
+        runtime: ``auto``, ``torch``, ``openvino`` or ``onnxruntime``; None: ``$SHOECLASS_RUNTIME``
+            or ``torch`` (only PyTorch gives the photo embeddings of the different-products check).
+        bf16: precision where the runtime offers bf16 (None: bf16 where the CPU has it).
+
+    Raises:
+        ValueError: an unknown runtime, or a named one whose package is not installed (with the
+            command that installs it).
+    """
+    runtime = runtime or os.environ.get("SHOECLASS_RUNTIME") or "torch"
+    if runtime not in RUNTIMES:
+        raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
+    if runtime != "auto" and not runtime_available(runtime):
+        raise ValueError(f"runtime {runtime!r} is not installed: {_INSTALL}, or use runtime='torch'")
+    order = [r for r in AUTO_ORDER if runtime_available(r)] if runtime == "auto" else [runtime]
+    for name in order:
+        if name == "torch":
+            return TorchRuntime(net, bf16)
+        try:
+            from .export import cached_onnx
+
+            path = cached_onnx(net, meta)
+            return OpenVinoRuntime(path, bf16) if name == "openvino" else OnnxRuntime(path)
+        except Exception as exc:  # an exporter or runtime failure must not stop inference under auto
+            if runtime != "auto":
+                raise
+            logger.warning("runtime %s unavailable for this model (%s: %s); trying the next one",
+                           name, type(exc).__name__, str(exc)[:200])
+    return TorchRuntime(net, bf16)

@@ -1,0 +1,109 @@
+"""ONNX export (export.py) and the runtimes that run it (backends.py): the exported graph gives the
+PyTorch network's outputs for the shipped model on the example photos at any batch size, the
+default runtime keeps its decisions, and ``auto`` falls back to PyTorch when it must."""
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from shoeclass import backends
+from shoeclass.api import Classifier
+from shoeclass.backends import OnnxRuntime, TorchRuntime, runtime_available
+from shoeclass.checkpoint import load_checkpoint, save_checkpoint
+from shoeclass.cli import main
+from shoeclass.data import EvalPreset
+from shoeclass.export import cache_dir, cached_onnx
+from shoeclass.images import load_image
+from shoeclass.models import ModelConfig, build_model
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+needs_onnx = pytest.mark.skipif(not runtime_available("onnxruntime"),
+                                reason='the onnx extra is not installed (pip install "shoeclass[onnx]")')
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    net, meta = load_checkpoint(None)
+    return net.to(memory_format=torch.channels_last), meta
+
+
+@pytest.fixture(scope="module")
+def examples() -> torch.Tensor:
+    preset = EvalPreset("efficientnet_lite0")
+    return torch.stack([preset(load_image(p)) for p in sorted(EXAMPLES.glob("*.jpg"))])  # (6, 3, 224, 224)
+
+
+@pytest.fixture
+def lenet_folder(tmp_path) -> Path:
+    torch.manual_seed(0)
+    net = build_model(ModelConfig(backbone="lenet", lenet_width=4, n_clusters=3, suitability=True))
+    return save_checkpoint(net.eval(), tmp_path / "lenet", {"backbone": "lenet", "trunk": {}})
+
+
+@needs_onnx
+def test_onnx_graph_gives_the_pytorch_outputs_of_the_shipped_model_on_the_example_photos(shipped, examples):
+    net, meta = shipped
+    want = TorchRuntime(net, bf16=False)(examples)
+    onnx = OnnxRuntime(cached_onnx(net, meta))
+    got, alone = onnx(examples), onnx(examples[2:3])  # the batch size stays free
+    assert set(got) == set(want) == {"logits", "gate", "suitability"}
+    for k in want:
+        np.testing.assert_allclose(got[k], want[k], rtol=1e-3, atol=1e-3)
+        np.testing.assert_allclose(alone[k], want[k][2:3], rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.skipif(not runtime_available("openvino"), reason="openvino is not installed")
+def test_default_runtime_keeps_the_fp32_decisions_on_the_example_photos():
+    fp32, auto = Classifier(runtime="torch", bf16=False), Classifier(runtime="auto")
+    assert auto.info["runtime"].startswith(backends.AUTO_ORDER[0])
+    for photo in sorted(EXAMPLES.glob("*.jpg")):
+        a, b = fp32.classify(photo).to_dict(), auto.classify(photo).to_dict()
+        assert a["decisions"] == b["decisions"], photo.name
+        assert b["model"]["runtime"] == auto.info["runtime"]
+        assert np.abs(np.array(a["matrix"]) - np.array(b["matrix"])).max() < 0.05
+
+
+@needs_onnx
+def test_cli_export_writes_a_graph_for_any_model_folder(lenet_folder, tmp_path, capsys):
+    assert main(["export", "--model", str(lenet_folder), "--out", str(tmp_path / "out" / "m.onnx")]) == 0
+    assert "m.onnx" in capsys.readouterr().out
+    net, _ = load_checkpoint(lenet_folder)
+    x = torch.rand(5, 3, 224, 224)
+    want, got = TorchRuntime(net, bf16=False)(x), OnnxRuntime(tmp_path / "out" / "m.onnx")(x)
+    for k in want:
+        np.testing.assert_allclose(got[k], want[k], rtol=1e-3, atol=1e-4)
+
+
+@needs_onnx
+def test_export_is_cached_once_per_model_outside_the_model_folder(lenet_folder):
+    net, meta = load_checkpoint(lenet_folder)
+    first = cached_onnx(net, meta)
+    stamp = first.stat().st_mtime_ns
+    assert cached_onnx(net, meta) == first and first.stat().st_mtime_ns == stamp
+    assert cache_dir() in first.parents and meta["sha256"][:32] in str(first)
+    assert sorted(p.name for p in lenet_folder.iterdir()) == ["model.json", "model.safetensors"]
+
+
+def test_auto_falls_back_to_pytorch_without_the_packages(lenet_folder, monkeypatch):
+    monkeypatch.setattr(backends, "runtime_available", lambda name: name == "torch")
+    assert Classifier(lenet_folder, runtime="auto").info["runtime"].startswith("torch")
+    with pytest.raises(ValueError, match="pip install"):
+        Classifier(lenet_folder, runtime="onnxruntime")
+    with pytest.raises(ValueError, match="runtime must be one of"):
+        Classifier(lenet_folder, runtime="tensorrt")
+
+
+@needs_onnx
+def test_auto_falls_back_to_pytorch_when_the_export_fails(lenet_folder, monkeypatch, caplog):
+    import shoeclass.export
+
+    def broken(net, meta):
+        raise RuntimeError("exporter crashed")
+
+    monkeypatch.setattr(shoeclass.export, "cached_onnx", broken)
+    with caplog.at_level(logging.WARNING):
+        clf = Classifier(lenet_folder, runtime="auto")
+    assert clf.info["runtime"].startswith("torch") and "exporter crashed" in caplog.text
+    assert clf.classify(load_image(np.full((64, 64, 3), 200, np.uint8))).probs is not None
