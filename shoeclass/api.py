@@ -16,16 +16,16 @@ import torch
 from scipy.special import expit
 
 from .attributes import OUTPUT_KEYS
-from .blank import blank_problem
 from .backends import load_runtime
+from .blank import blank_problem
 from .checkpoint import load_checkpoint, resolve_path
 from .data import EvalPreset
 from .decision import DecisionLayer
+from .facts import DeclaredFacts
 from .images import ImageError, ImageInput, describe_source, load_image
 from .models import Heads
 from .result import ItemResult, PhotoResult
-from .runtime import prepare_for_inference
-from .facts import DeclaredFacts
+from .runtime import autocast, prepare_for_inference
 from .tariff import classify_tariff
 
 __all__ = ["Classifier", "classify_images", "check_arguments", "Cancelled"]

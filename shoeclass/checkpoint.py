@@ -102,6 +102,19 @@ def _write_card(folder: Path, meta: dict) -> None:
     tmp.replace(folder / METADATA)
 
 
+def update_card(path: str | Path, changes: dict) -> Path:
+    """Replace top-level sections of a model's card (e.g. a decision layer refitted on other
+    photos), validated by the schema and checksummed again; the tensors are untouched.
+
+    Raises:
+        CheckpointError: the card as it is fails its checksum, or the new card fails the schema.
+    """
+    folder = resolve_path(path)
+    meta = read_metadata(folder)  # a card already edited by hand is refused, not resealed
+    _write_card(folder, {**meta, **changes})
+    return folder
+
+
 def reseal_card(path: str | Path) -> Path:
     """Bring a format-1 card (no ``card_sha256``) to this format, leaving the tensors untouched.
 

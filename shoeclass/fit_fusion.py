@@ -13,7 +13,7 @@ model on the validation split's multi-photo items and rewrites the ``decision`` 
   (the bottom ``SOLE`` of one of its photos) to every item changes at most ``max_change`` of the
   items' decisions (a photo showing nothing of an attribute must not move it).
 
-The tensor file is untouched (its checksum covers only the weights).
+The tensor file is untouched; the card is checksummed again (``checkpoint.update_card``).
 """
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from .attributes import MASK, OUTPUT_KEYS
+from .checkpoint import update_card
 from .decision import DecisionLayer
 from .fusion import BayesianFusion
 from .result import decide
@@ -168,10 +169,7 @@ def fit_fusion(model: str | Path | None, data: str | Path, split: str = "val", *
     o = {k: np.concatenate(v) for k, v in outs.items()}
     report = refit_decision(clf.decision, o["probs"], o.get("suitability"), o.get("embedding"), t.y, t.item,
                             crop_probs=o["crop_probs"], crop_suit=o.get("crop_suitability"), **kw)
-    meta_path = clf.path / "model.json"
-    meta = json.loads(meta_path.read_text())
-    meta["decision"] = clf.decision.to_dict()
-    meta.setdefault("training", {})["fusion_refit"] = {"data": str(data), "split": split,
-                                                       **{k: report[k] for k in ("items", "photos")}}
-    meta_path.write_text(json.dumps(meta, indent=1))
+    training = dict(clf.meta.get("training", {}), fusion_refit={"data": str(data), "split": split,
+                                                                **{k: report[k] for k in ("items", "photos")}})
+    update_card(clf.path, {"decision": clf.decision.to_dict(), "training": training})
     return report
