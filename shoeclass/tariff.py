@@ -36,7 +36,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Mapping
 
-from . import _tariff_review as review
+from ._tariff_review import ask as _ask, assumptions as _assumptions, missing as _missing, path as _path
+from ._tariff_review import rationale as _rationale, used as _used
 from ._tariff_rules import DEFAULT_RULES_PATH, RuleSet, RulesError, code_texts, leaf_distribution, load_rules
 from .attributes import OUTPUT_KEYS
 from .facts import FACTS, DeclaredFacts
@@ -215,17 +216,17 @@ def classify_tariff(probs: Mapping[str, float], facts: DeclaredFacts | Mapping |
     texts = code_texts(rules)
     cands = {d: _ranked(leaf_p, d, texts, top_k) for d in (4, 6, 10)}
     top = cands[10][0]
-    chain = review.path(rules, top.code)
-    used = review.used(chain)
-    missing = review.missing(rules, dists, base, top.code, fact_values, given)
-    every = review.assumptions(rules, chain, top.code, base.get(top.code, 0.0), dists, fact_values, used)
+    chain = _path(rules, top.code)
+    used = _used(chain)
+    missing = _missing(rules, dists, base, top.code, fact_values, given)
+    every = _assumptions(rules, chain, top.code, base.get(top.code, 0.0), dists, fact_values, used)
     assumptions = [a for a in every if a["share"] > 1.0 - review_below]
     photo_change = max((m["p_change"] for m in missing if m["source"] != "prior"), default=0.0)
     asked = [m for m in missing if m["source"] == "prior" or m["p_change"] > 1.0 - review_below]
     # ok <=> confidence >= review_below, whatever review_below is (the benchmark's curve relies on it)
     confidence = 0.0 if any(m["source"] == "prior" for m in missing) else min(
         top.probability, 1.0 - photo_change, *(1.0 - a["share"] for a in every))
-    reasons = [review.ask(m, top.code, dists, rules) for m in asked]
+    reasons = [_ask(m, top.code, dists, rules) for m in asked]
     reasons += [f"the code rests on an assumption of the rules file ({a['share']:.0%} of its probability): "
                 f"{a['text']}" for a in assumptions]
     if confidence < review_below and not reasons:
@@ -240,7 +241,7 @@ def classify_tariff(probs: Mapping[str, float], facts: DeclaredFacts | Mapping |
                     for a in (rules.variables[name].attributes or (rules.variables[name].attribute,)) if a}
         reasons += [f"the photos show {a} (p = {p[a]:.2f}), unusual for {cluster or 'this kind of'} footwear, "
                     f"and it decides the code: check it and declare it" for a in atypical if a in deciding]
-    rationale = review.rationale(rules, chain, top.code, top.probability, dists, p, fact_values, given)
+    rationale = _rationale(rules, chain, top.code, top.probability, dists, p, fact_values, given)
     rationale["text"] = top.text
     logger.debug("tariff top %s p=%.3f conf=%.3f status=%s", top.code, top.probability, confidence, status)
     return TariffDecision(status, cands[4], cands[6], cands[10], rationale, asked, reasons, p_footwear,
