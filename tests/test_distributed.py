@@ -92,6 +92,22 @@ def lenet_model(tmp_path_factory) -> Path:
                            tmp_path_factory.mktemp("lenet") / "m", {"backbone": "lenet"})
 
 
+def _assert_same(a, b, where: str = "") -> None:
+    """Equal JSON values; floats equal to 12 significant digits."""
+    if isinstance(b, dict):
+        assert isinstance(a, dict) and a.keys() == b.keys(), where
+        for k in b:
+            _assert_same(a[k], b[k], f"{where}.{k}")
+    elif isinstance(b, list):
+        assert isinstance(a, list) and len(a) == len(b), where
+        for i, (u, v) in enumerate(zip(a, b)):
+            _assert_same(u, v, f"{where}[{i}]")
+    elif isinstance(b, float):
+        assert a == pytest.approx(b, rel=1e-12, abs=1e-15), where
+    else:
+        assert a == b, where
+
+
 def _run_one_process(items, out, model):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as each torchrun rank: the same arithmetic, the same digits
@@ -113,7 +129,12 @@ def test_classify_batch_two_ranks_write_the_lines_of_one_process(tiny_dataset, l
     assert "by 2 process(es)" in proc.stdout
     lines = one.read_text().splitlines()
     assert [json.loads(s)["item"] for s in lines] == [it.id for it in items]  # input order
-    assert two.read_text().splitlines() == lines
+    # The same lines; the tariff's unrounded "moves" may differ in the last bit (its sums follow
+    # set order, which Python's per-process hash seed changes), hence approx on the parsed lines.
+    got = two.read_text().splitlines()
+    assert len(got) == len(lines)
+    for a, b in zip(got, lines):
+        _assert_same(json.loads(a), json.loads(b))
     assert not list(tmp_path.glob("*.part*"))  # the ranks' part files are merged and removed
 
 
