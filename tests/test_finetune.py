@@ -105,16 +105,16 @@ def test_interrupted_tuning_resumes_and_other_settings_are_refused(tiny_dataset,
 def test_missing_tail_tensors_are_refused(tuned_model, tmp_path):
     from safetensors.torch import save_file
 
-    from shoeclass.checkpoint import _sha256
+    from shoeclass.checkpoint import _sha256, update_card
 
     folder = tmp_path / "m"
     folder.mkdir()
     state = {k: v for k, v in load_file(str(tuned_model / "model.safetensors")).items()
              if not k.startswith("trunk.body._bn1")}
     save_file(state, str(folder / "model.safetensors"))
-    meta = json.loads((tuned_model / "model.json").read_text())
-    meta["sha256"] = _sha256(folder / "model.safetensors")
-    (folder / "model.json").write_text(json.dumps(meta))
+    (folder / "model.json").write_text((tuned_model / "model.json").read_text())
+    update_card(folder, {"sha256": _sha256(folder / "model.safetensors")})  # a card that vouches for them
+    meta = json.loads((folder / "model.json").read_text())
     with pytest.raises(CheckpointError, match="do not fit"):
         load_checkpoint(folder)
     assert np.isfinite(meta["training"]["history"]["tune"]["val_mean_balanced_accuracy"])
