@@ -37,6 +37,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from shoeclass.api import Classifier, classify_images  # noqa: E402
+from speed import _target  # noqa: E402  (benchmarks/ is on the path: one target-line format)
 from shoeclass.attributes import OUTPUT_KEYS  # noqa: E402
 from shoeclass.backends import AUTO_ORDER, OnnxRuntime, OpenVinoRuntime, TorchRuntime, runtime_available  # noqa: E402
 from shoeclass.checkpoint import DEFAULT_MODEL  # noqa: E402
@@ -223,12 +224,6 @@ def retained(quick: bool) -> dict:
     res["lenet"] = {"minutes": wall / 60, "source": str(lenet_json)} if wall else \
         speed.run_child("lenet", str(ROOT.parent / "shared" / "data"), quick=q)
     return res
-
-
-def _target(name: str, value: float | None, goal: float, higher: bool, fmt: str) -> str:
-    ok = value is not None and (value >= goal if higher else value <= goal)
-    shown = format(value, fmt) if value is not None else "not_measured"
-    return f"target {name}: {shown} (goal {'≥' if higher else '≤'} {format(goal, fmt)}) {'PASS' if ok else 'FAIL'}"
 
 
 def main(argv: list[str] | None = None) -> int:

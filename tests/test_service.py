@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
 import socket
@@ -45,19 +46,28 @@ def clf(model_dir) -> Classifier:
 @pytest.fixture(scope="module")
 def url(clf):
     """Base URL of a real uvicorn server on a free loopback port, serving ``clf``."""
+    with _serving(uvicorn.Config(create_app(clf, **LIMITS), log_level="warning")) as addr:
+        yield f"http://127.0.0.1:{addr[1]}"
+
+
+@contextlib.contextmanager
+def _serving(config):
+    """A uvicorn server for ``config`` on a free loopback port, running in a thread: its address."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(create_app(clf, **LIMITS), log_level="warning"))
+    server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
     while not server.started:
         assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
         time.sleep(0.05)
-    yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    server.should_exit = True
-    thread.join(10)
-    sock.close()
+    try:
+        yield sock.getsockname()
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()
 
 
 @pytest.fixture(scope="module")
@@ -249,20 +259,9 @@ def strict_url(clf):
     """A server with short timeouts: 0.5 s for headers and body stalls, 3 s per request."""
     from shoeclass.service import server_config
 
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
     app = create_app(clf, **LIMITS, body_timeout=0.5, request_timeout=3.0)
-    server = uvicorn.Server(server_config(app, header_timeout=0.5, log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{sock.getsockname()[1]}", sock.getsockname()
-    server.should_exit = True
-    thread.join(10)
-    sock.close()
+    with _serving(server_config(app, header_timeout=0.5, log_level="warning")) as addr:
+        yield f"http://127.0.0.1:{addr[1]}", addr
 
 
 def _closed_after(addr, payload: bytes, limit: float) -> float:
