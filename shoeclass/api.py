@@ -23,9 +23,8 @@ from .data import EvalPreset
 from .decision import DecisionLayer
 from .facts import DeclaredFacts
 from .images import ImageError, ImageInput, describe_source, load_image
-from .models import Heads
 from .result import ItemResult, PhotoResult
-from .runtime import autocast, prepare_for_inference
+from .runtime import batched, prepare_for_inference
 from .tariff import classify_tariff
 
 __all__ = ["Classifier", "classify_images", "check_arguments", "Cancelled"]
@@ -46,10 +45,8 @@ class Classifier:
         batch_size: photos per trunk pass.
         device: where the model runs (default the CPU; ``runtime.default_device()`` picks CUDA
             when present). On CUDA bf16 autocast is on unless ``bf16`` is False.
-        runtime: what runs the network: ``torch`` (the default: it also gives the photo
-            embeddings that detect photos of different products in one item), ``openvino``,
-            ``onnxruntime`` or ``auto`` (the fastest installed; see ``backends.py``). The exported
-            graphs hold no embedding, so under them the different-products check is skipped.
+        runtime: what runs the network: ``torch``, ``openvino``, ``onnxruntime`` or ``auto`` (the
+            fastest installed); None: ``backends.DEFAULT`` (see ``backends.py``).
     """
 
     def __init__(self, model: str | Path | None = None, bf16: bool | None = None, batch_size: int = 32,
@@ -61,7 +58,7 @@ class Classifier:
         pre = self.meta["preprocessing"]  # validated against this code's preprocessing on load
         self.preset = EvalPreset(self.meta["backbone"], tuple(pre["mean"]), tuple(pre["std"]))
         self.bf16, self.batch_size = bf16, batch_size
-        self.runtime = load_runtime(runtime, self.net, self.meta, bf16)
+        self.runtime = load_runtime(runtime, self.net, self.meta, bf16, self.device)
         self.decision = DecisionLayer.from_dict(self.meta.get("decision"))
         self.thresholds = self.decision.thresholds
         ens = self.meta.get("ensemble")
@@ -70,49 +67,40 @@ class Classifier:
                      "members": len(ens["members"]) if ens else 1, "mirror": bool(ens and ens["flip"]),
                      "runtime": f"{self.runtime.name} {self.runtime.precision}"}
 
-    def predict_tensors(self, x: torch.Tensor, stop: threading.Event | None = None) -> dict[str, np.ndarray]:
-        """Outputs for a (B, 3, 224, 224) batch: raw ``logits`` and calibrated ``probs`` (B, 14),
-        ``gate`` logits (B, C) and ``suitability`` (B, 14) when the model has them, and
-        ``embedding`` (B, D): the standardised trunk features the heads read (every member's,
-        photo and mirror image averaged), unit length, for comparing the photos of an item.
+    def network_outputs(self, x: torch.Tensor, stop: threading.Event | None = None) -> dict[str, np.ndarray]:
+        """What the network returns for a (B, 3, 224, 224) batch, batch by batch through the
+        runtime: ``logits`` (B, 14), ``gate`` (B, C) and ``suitability`` (B, 14) logits when the
+        model has them, the raw ``embedding`` (B, D).
 
         Raises:
             Cancelled: ``stop`` was set (checked between batches).
         """
-        outs: dict[str, list] = {}
-        if self.runtime.name != "torch":  # an exported graph: no embedding (see runtime above)
-            for chunk in x.split(self.batch_size):
-                if stop is not None and stop.is_set():
-                    raise Cancelled("classification cancelled")
-                for k, v in self.runtime(chunk).items():
-                    outs.setdefault(k, []).append(v)
-        else:
-            heads = [m for m in self.net.modules() if isinstance(m, Heads)]
-            seen: list[torch.Tensor] = []
-            hooks = [h.register_forward_pre_hook(lambda mod, args: seen.append((args[0] - mod.mu) / mod.sigma))
-                     for h in heads]
-            try:
-                with torch.inference_mode(), autocast(self.bf16, self.device):
-                    for chunk in x.split(self.batch_size):
-                        if stop is not None and stop.is_set():
-                            raise Cancelled("classification cancelled")
-                        seen.clear()
-                        chunk = chunk.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-                        for k, v in self.net(chunk).items():
-                            outs.setdefault(k, []).append(v.float().cpu().numpy())
-                        if not seen:  # a model without standardised heads (lenet) has no embedding
-                            continue
-                        # (B·views, D) per member -> (B, members·D); views are the photo and its mirror
-                        z = torch.cat([s.float().view(-1, len(chunk), s.shape[1]).mean(0) for s in seen], 1)
-                        outs.setdefault("embedding", []).append(torch.nn.functional.normalize(z, dim=1).cpu().numpy())
-            finally:
-                for h in hooks:
-                    h.remove()
-        res = {k: np.concatenate(v) for k, v in outs.items()}
+        def run(chunk: torch.Tensor) -> dict[str, np.ndarray]:
+            if stop is not None and stop.is_set():
+                raise Cancelled("classification cancelled")
+            return self.runtime(chunk)
+
+        return batched(run, x, self.batch_size)
+
+    def photo_outputs(self, raw: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """:meth:`network_outputs` made per-photo estimates: the raw ``logits`` and the
+        calibrated ``probs`` (B, 14), ``gate`` logits (B, C), ``suitability`` (B, 14) in [0, 1],
+        ``embedding`` (B, D) standardised to unit length (``ItemChecks.embed``)."""
+        res = dict(raw)
         res["probs"] = self.decision.photo_probs(res["logits"], res.get("gate"))  # (B, 14)
         if "suitability" in res:
             res["suitability"] = expit(res["suitability"])
+        if "embedding" in res:
+            res["embedding"] = self.decision.checks.embed(res["embedding"])  # (B, D) unit rows
         return res
+
+    def predict_tensors(self, x: torch.Tensor, stop: threading.Event | None = None) -> dict[str, np.ndarray]:
+        """:meth:`photo_outputs` for a (B, 3, 224, 224) batch.
+
+        Raises:
+            Cancelled: ``stop`` was set (checked between batches).
+        """
+        return self.photo_outputs(self.network_outputs(x, stop))
 
     def classify(self, images: ImageInput | Sequence[ImageInput], declared: DeclaredFacts | dict | None = None,
                  top_k: int = 5) -> ItemResult:

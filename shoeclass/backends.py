@@ -1,17 +1,16 @@
 """The runtimes that execute a loaded network: PyTorch, OpenVINO or ONNX Runtime, behind one call.
 
 Every runtime maps a (B, 3, 224, 224) float32 batch of normalised photos to the network's outputs
-as float32 numpy arrays: ``logits`` (B, 14), and ``gate`` (B, C) and ``suitability`` (B, 14) when
-the model has them. OpenVINO and ONNX Runtime run the ONNX export of the same network
-(``export.py``), made once per model and cached.
+as float32 numpy arrays: ``logits`` (B, 14), ``gate`` (B, C) and ``suitability`` (B, 14) when
+the model has them, and the photo ``embedding`` (B, D). OpenVINO and ONNX Runtime run the ONNX
+export of the same network (``export.py``), made once per model and cached.
 
 ``auto`` takes the first runtime of :data:`AUTO_ORDER` that is installed: the order
 ``benchmarks/runtimes.py`` measured, fastest first among those whose decisions agree with fp32
 PyTorch on ≥ 99.5 % of the test photos' outputs (BENCHMARKS.md, "Runtimes"). Without the optional
 packages (``pip install "shoeclass[onnx]"``), or when the export fails, ``auto`` falls back to
 PyTorch. ``$SHOECLASS_RUNTIME`` sets the runtime when none is passed; without it the runtime is
-PyTorch, the only one that also gives the photo embeddings of the different-products check
-(``item_checks.py``): the exported graphs return the head outputs alone.
+:data:`DEFAULT`.
 """
 from __future__ import annotations
 
@@ -25,13 +24,14 @@ import torch
 
 from .runtime import autocast, cpu_has_bf16
 
-__all__ = ["RUNTIMES", "AUTO_ORDER", "TorchRuntime", "OnnxRuntime", "OpenVinoRuntime", "load_runtime",
+__all__ = ["RUNTIMES", "AUTO_ORDER", "DEFAULT", "TorchRuntime", "OnnxRuntime", "OpenVinoRuntime", "load_runtime",
            "runtime_available"]
 
 logger = logging.getLogger(__name__)
 
 RUNTIMES = ("auto", "torch", "openvino", "onnxruntime")
 AUTO_ORDER = ("openvino", "onnxruntime", "torch")  # fastest first, as benchmarks/runtimes.py measured
+DEFAULT = "torch"  # the runtime when none is named
 _PACKAGES = {"openvino": "openvino", "onnxruntime": "onnxruntime", "torch": "torch"}
 _INSTALL = 'pip install "shoeclass[onnx]"'
 
@@ -46,21 +46,24 @@ class TorchRuntime:
     """The PyTorch network itself: channels_last, bf16 autocast where the CPU has native bf16.
 
     Args:
-        net: the loaded network in eval mode (channels_last weights).
-        bf16: True / False, or None: bf16 when :func:`~shoeclass.runtime.cpu_has_bf16`.
+        net: the loaded network in eval mode (channels_last weights), on ``device``.
+        bf16: True / False, or None: bf16 when :func:`~shoeclass.runtime.cpu_has_bf16` (on CUDA:
+            unless False).
+        device: where ``net`` is; batches are moved there.
     """
 
     name = "torch"
 
-    def __init__(self, net: torch.nn.Module, bf16: bool | None = None) -> None:
-        self.net, self.bf16 = net, cpu_has_bf16() if bf16 is None else bf16
+    def __init__(self, net: torch.nn.Module, bf16: bool | None = None, device: torch.device | str = "cpu") -> None:
+        self.net, self.device = net, torch.device(device)
+        self.bf16 = (cpu_has_bf16() if self.device.type == "cpu" else True) if bf16 is None else bf16
         self.precision = "bf16" if self.bf16 else "fp32"
 
     def __call__(self, x: torch.Tensor | np.ndarray) -> dict[str, np.ndarray]:
-        x = torch.as_tensor(x)
-        with torch.inference_mode(), autocast(self.bf16):
+        x = torch.as_tensor(x).to(self.device, non_blocking=True)
+        with torch.inference_mode(), autocast(self.bf16, self.device):
             out = self.net(x.contiguous(memory_format=torch.channels_last))
-        return {k: v.float().numpy() for k, v in out.items()}
+        return {k: v.float().cpu().numpy() for k, v in out.items()}
 
 
 class OnnxRuntime:
@@ -119,27 +122,33 @@ class OpenVinoRuntime:
         return {name: np.array(res[i], dtype=np.float32) for i, name in enumerate(self.names)}
 
 
-def load_runtime(runtime: str | None, net: torch.nn.Module, meta: dict, bf16: bool | None = None):
+def load_runtime(runtime: str | None, net: torch.nn.Module, meta: dict, bf16: bool | None = None,
+                 device: torch.device | str = "cpu"):
     """The runtime that will run ``net`` (loaded from a model folder with metadata ``meta``).
 
     Args:
         runtime: ``auto``, ``torch``, ``openvino`` or ``onnxruntime``; None: ``$SHOECLASS_RUNTIME``
-            or ``torch`` (only PyTorch gives the photo embeddings of the different-products check).
+            or :data:`DEFAULT`.
         bf16: precision where the runtime offers bf16 (None: bf16 where the CPU has it).
+        device: where ``net`` runs; off the CPU only PyTorch runs it.
 
     Raises:
         ValueError: an unknown runtime, or a named one whose package is not installed (with the
             command that installs it).
     """
-    runtime = runtime or os.environ.get("SHOECLASS_RUNTIME") or "torch"
+    runtime = runtime or os.environ.get("SHOECLASS_RUNTIME") or DEFAULT
     if runtime not in RUNTIMES:
         raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
+    if torch.device(device).type != "cpu":
+        if runtime not in ("auto", "torch"):
+            raise ValueError(f"runtime {runtime!r} runs on the CPU only; use runtime='torch' on {device}")
+        return TorchRuntime(net, bf16, device)
     if runtime != "auto" and not runtime_available(runtime):
         raise ValueError(f"runtime {runtime!r} is not installed: {_INSTALL}, or use runtime='torch'")
     order = [r for r in AUTO_ORDER if runtime_available(r)] if runtime == "auto" else [runtime]
     for name in order:
         if name == "torch":
-            return TorchRuntime(net, bf16)
+            return TorchRuntime(net, bf16, device)
         try:
             from .export import cached_onnx
 
@@ -150,4 +159,4 @@ def load_runtime(runtime: str | None, net: torch.nn.Module, meta: dict, bf16: bo
                 raise
             logger.warning("runtime %s unavailable for this model (%s: %s); trying the next one",
                            name, type(exc).__name__, str(exc)[:200])
-    return TorchRuntime(net, bf16)
+    return TorchRuntime(net, bf16, device)

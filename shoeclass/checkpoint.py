@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import logging
 from dataclasses import asdict
 from pathlib import Path
@@ -25,7 +26,7 @@ from ._card import CHECKSUM_FIELD, card_checksum, card_problem, changed_fields
 from .attributes import OUTPUT_KEYS
 from .assets import asset
 from .backbones import get_backbone
-from .models import EnsembleNet, ModelConfig, ShoeNet, build_model, state_checksum
+from .models import EnsembleNet, ModelConfig, ShoeNet, build_model, build_trunk, share_stem, state_checksum
 
 __all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "read_metadata", "resolve_path",
            "reseal_card", "DEFAULT_MODEL", "FORMAT_VERSION"]
@@ -98,8 +99,12 @@ def _write_card(folder: Path, meta: dict) -> None:
         raise CheckpointError(f"{folder / METADATA}: field {problem[0]}: {problem[1]}")
     meta[CHECKSUM_FIELD] = card_checksum(meta)
     tmp = folder / (METADATA + ".tmp")
-    tmp.write_text(json.dumps(meta, indent=2, ensure_ascii=False))
+    text = json.dumps(meta, indent=2, ensure_ascii=False)
+    tmp.write_text(_NUMBER_LIST.sub(lambda m: "[" + ", ".join(v.strip() for v in m.group(1).split(",")) + "]", text))
     tmp.replace(folder / METADATA)
+
+
+_NUMBER_LIST = re.compile(r"\[\s+([-+0-9.eE,\s]+?)\s+\]")  # a list of numbers: one line in the card
 
 
 def update_card(path: str | Path, changes: dict) -> Path:
@@ -223,10 +228,12 @@ def load_checkpoint(path: str | Path | None = None,
                                                             if k.startswith(prefix)}, trunk_weights, meta, folder,
                                       check_trunk=i == 0))
                 if i:
-                    _share_stem(members[0], members[i])
+                    share_stem(members[0].trunk, members[i].trunk)
             if sum(len(_trainable(m)) for m in members) != len(state):
                 raise KeyError(f"{len(state)} tensors for {len(members)} members")
-            return EnsembleNet(members, meta["ensemble"]["flip"]).eval(), meta
+            cfg = members[0].cfg  # the untuned ImageNet tail gives the photo embedding
+            reference = build_trunk(cfg.backbone, trunk_weights, cfg.pooling, cfg.tuned_blocks)
+            return EnsembleNet(members, meta["ensemble"]["flip"], reference).eval(), meta
         return _build(ModelConfig(**meta["model"]), state, trunk_weights, meta, folder).eval(), meta
     except CheckpointError:
         raise
@@ -234,14 +241,6 @@ def load_checkpoint(path: str | Path | None = None,
         raise CheckpointError(f"{folder}: the tensors in {TENSORS} do not fit the model described in "
                               f"{METADATA} ('model': {meta.get('model')}): {str(exc)[:300]}. Copy both "
                               "files from the same training run, or retrain.") from exc
-
-
-def _share_stem(first: ShoeNet, other: ShoeNet) -> None:
-    """Members of an ensemble run one frozen stem (EnsembleNet uses the first's): one copy in memory."""
-    a, b = first.trunk.body, other.trunk.body
-    b._conv_stem, b._bn0 = a._conv_stem, a._bn0
-    for j in range(first.trunk.cut):
-        b._blocks[j] = a._blocks[j]
 
 
 def _build(cfg: ModelConfig, state: dict[str, torch.Tensor], trunk_weights: str | None, meta: dict,

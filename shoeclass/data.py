@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from .backbones import get_backbone
 from .images import ImageError, load_image
 from .labels import LabelTable, unreadable_photo
+from .runtime import collect
 
 __all__ = ["EvalPreset", "PhotoDataset", "table_outputs", "preprocess_config", "square", "brighten"]
 
@@ -107,6 +108,5 @@ def table_outputs(fn, table: LabelTable, preset: EvalPreset, batch_size: int = 6
         bad = next((j for j, e in enumerate(errors) if e), None)
         if bad is not None:
             raise unreadable_photo(table, int(idx[bad]), errors[bad])
-        for k, v in fn(x).items():
-            out.setdefault(k, np.empty((len(table), v.shape[1]), v.dtype))[idx.numpy()] = v
+        collect(out, idx.numpy(), len(table), fn(x))
     return out

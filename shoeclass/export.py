@@ -1,8 +1,8 @@
 """ONNX export of a model folder: trunk and heads in one graph, so ONNX Runtime or OpenVINO can run it.
 
 The graph maps a (B, 3, 224, 224) batch of normalised photos to the same per-photo outputs as
-the PyTorch network (``logits`` (B, 14), and ``gate`` (B, C) and ``suitability`` (B, 14) when the
-model has them). For an ensemble it holds the shared frozen stem once, every member's tail and
+the PyTorch network (``logits`` (B, 14), ``gate`` (B, C) and ``suitability`` (B, 14) when the
+model has them, and the photo ``embedding`` (B, D)). For an ensemble it holds the shared frozen stem once, every member's tail and
 heads, and the mirror view, averaged inside the graph exactly as :class:`~shoeclass.ensemble.EnsembleNet`
 does. The batch size stays free.
 
@@ -26,7 +26,7 @@ __all__ = ["EXPORT_VERSION", "export_onnx", "output_names", "cache_dir", "cached
 
 logger = logging.getLogger(__name__)
 
-EXPORT_VERSION = 1  # bump when the graph changes for the same weights
+EXPORT_VERSION = 2  # bump when the graph changes for the same weights (2: the embedding)
 ONNX_FILE = "model.onnx"
 
 
@@ -46,7 +46,7 @@ def output_names(net: torch.nn.Module) -> list[str]:
     """The outputs ``net`` returns, in the order the exported graph holds them."""
     with torch.inference_mode():
         out = net(torch.zeros(1, 3, 224, 224))
-    return [k for k in ("logits", "gate", "suitability") if k in out]
+    return [k for k in ("logits", "gate", "suitability", "embedding") if k in out]
 
 
 def export_onnx(net: torch.nn.Module, out: str | Path) -> Path:

@@ -99,7 +99,8 @@ def refit_decision(decision: DecisionLayer, probs: np.ndarray, suitability: np.n
     """Refit ``decision``'s fusion correlation and item checks on real multi-photo items, in place.
 
     Args:
-        probs, suitability, embedding: (N, 14), (N, 14), (N, D) per-photo outputs of the model.
+        probs, suitability: (N, 14) per-photo outputs of the model (``Classifier.predict_tensors``).
+        embedding: (N, D) the network's raw embeddings (``Classifier.network_outputs``).
         y: (N, 14) photo labels; items: (N,) item ids (items of one photo are ignored).
         min_labelled: fewest labelled items for an output's rho to be refitted on real items.
         review_rate: share of real items the different-products check may flag.
@@ -137,7 +138,8 @@ def refit_decision(decision: DecisionLayer, probs: np.ndarray, suitability: np.n
                 len(ids), int(use.sum()), len(OUTPUT_KEYS))
     return {"items": len(ids), "photos": int(sum(len(g) for g in p)), "labelled_items": labelled.tolist(),
             "rho_from_real_items": use.tolist(), "rho_before": old.tolist(),
-            "rho": decision.fusion.rho_.tolist(), "checks": decision.checks.to_dict(),
+            "rho": decision.fusion.rho_.tolist(),
+            "checks": {k: v for k, v in decision.checks.to_dict().items() if not k.startswith("embedding_")},
             "crop_changes_by_floor": shares}
 
 
@@ -164,8 +166,10 @@ def fit_fusion(model: str | Path | None, data: str | Path, split: str = "val", *
         imgs = [load_image(p) for p in paths[i:i + clf.batch_size]]
         crops = [im.crop((0, int(im.size[1] * (1 - SOLE)), im.size[0], im.size[1])) for im in imgs]
         for prefix, batch in (("", imgs), ("crop_", crops)):
-            for k, v in clf.predict_tensors(torch.stack([clf.preset(im) for im in batch])).items():
-                outs.setdefault(prefix + k, []).append(v)
+            raw = clf.network_outputs(torch.stack([clf.preset(im) for im in batch]))
+            for k, v in dict(clf.photo_outputs(raw), embedding=raw.get("embedding")).items():
+                if v is not None:
+                    outs.setdefault(prefix + k, []).append(v)
     o = {k: np.concatenate(v) for k, v in outs.items()}
     report = refit_decision(clf.decision, o["probs"], o.get("suitability"), o.get("embedding"), t.y, t.item,
                             crop_probs=o["crop_probs"], crop_suit=o.get("crop_suitability"), **kw)

@@ -6,14 +6,15 @@
 * A photo that shows nothing of an attribute (its suitability for that attribute below
   ``suit_floor`` while another kept photo reaches it, e.g. a crop of the sole only for the upper's
   straps) is set aside for that attribute.
-* Photos of different products sent as one item: every photo has a unit-length embedding (the
-  standardised trunk features, ``Classifier.predict_tensors``); the two shoes of one product look
-  alike even from different angles, two products less so. An item whose least similar pair of kept
-  photos has cosine below ``min_cosine`` goes to review, naming the photo least similar to the rest.
+* Photos of different products sent as one item: the network gives every photo an embedding
+  (``models.py``: ImageNet features the attribute tuning left alone), which :meth:`ItemChecks.embed`
+  standardises and scales to unit length; the two shoes of one product look alike even from
+  different angles, two products less so. An item whose least similar pair of kept photos has
+  cosine below ``min_cosine`` goes to review, naming the photo least similar to the rest.
 
-``fit`` chooses ``min_cosine`` on real multi-photo validation items so that a share ``review_rate``
-of them would be flagged; ``suit_floor`` is a fixed setting (see BENCHMARKS.md for the measured
-trade-off).
+``fit`` takes the standardisation from the validation photos of real multi-photo items and chooses
+``min_cosine`` so that a share ``review_rate`` of those items would be flagged; ``suit_floor`` is
+fitted by ``fit_fusion.fit_floor`` (see BENCHMARKS.md for the measured trade-offs).
 
 Example:
     >>> checks = ItemChecks(nf_threshold=0.94)
@@ -49,30 +50,51 @@ class ItemChecks:
         suit_floor: suitability below which a photo is set aside for that attribute.
         min_cosine: embedding cosine below which two photos are taken for different products;
             None disables the check.
+        mean, scale: (D,) standardisation of the network's embeddings (None: unit length only).
     """
 
-    def __init__(self, nf_threshold: float = 0.5, suit_floor: float = 0.2,
-                 min_cosine: float | None = None) -> None:
+    def __init__(self, nf_threshold: float = 0.5, suit_floor: float = 0.2, min_cosine: float | None = None,
+                 mean: np.ndarray | None = None, scale: np.ndarray | None = None) -> None:
         for name, v in (("nf_threshold", nf_threshold), ("suit_floor", suit_floor)):
             if not 0 <= v <= 1:
                 raise ValueError(f"{name} must be in [0, 1], got {v}")
         if min_cosine is not None and not -1 <= min_cosine <= 1:
             raise ValueError(f"min_cosine must be in [-1, 1] or None, got {min_cosine}")
+        if (mean is None) != (scale is None):
+            raise ValueError("mean and scale must be given together")
         self.nf_threshold, self.suit_floor, self.min_cosine = nf_threshold, suit_floor, min_cosine
+        self.mean = None if mean is None else np.asarray(mean, np.float64)
+        self.scale = None if scale is None else np.asarray(scale, np.float64)
 
-    def fit(self, emb: np.ndarray, items: np.ndarray, review_rate: float = 0.03) -> "ItemChecks":
-        """Choose ``min_cosine`` as the ``review_rate`` quantile of the same-item photo pairs'
-        cosines (N, D embeddings of validation photos, (N,) item ids; items of one photo add none).
+    def embed(self, raw: np.ndarray) -> np.ndarray:
+        """(N, D) unit-length photo embeddings from the network's (N, D) ``embedding`` output.
+
+        Raises:
+            ValueError: the embedding has another width than the fitted standardisation.
+        """
+        z = np.asarray(raw, np.float64)
+        if self.mean is not None:
+            if z.shape[1] != len(self.mean):
+                raise ValueError(f"embedding width {z.shape[1]} differs from the fitted {len(self.mean)}")
+            z = (z - self.mean) / self.scale
+        return z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)
+
+    def fit(self, raw: np.ndarray, items: np.ndarray, review_rate: float = 0.03) -> "ItemChecks":
+        """Fit the standardisation on the (N, D) network embeddings of validation photos that share
+        an item, then choose ``min_cosine`` as the ``review_rate`` quantile of those same-item photo
+        pairs' cosines ((N,) item ids; items of one photo add none).
 
         Raises:
             ValueError: no item with two photos, or ``review_rate`` outside (0, 1).
         """
         if not 0 < review_rate < 1:
             raise ValueError(f"review_rate must be in (0, 1), got {review_rate}")
-        cos = pair_cosines(np.asarray(emb, np.float64), np.asarray(items))
-        if cos.size == 0:
+        raw, items = np.asarray(raw, np.float64), np.asarray(items)
+        multi = np.isin(items, [i for i in np.unique(items) if (items == i).sum() > 1])
+        if not multi.any():
             raise ValueError("no item with two or more photos to fit min_cosine on")
-        self.min_cosine = float(np.quantile(cos, review_rate))
+        self.mean, self.scale = raw[multi].mean(0), raw[multi].std(0) + 1e-6
+        self.min_cosine = float(np.quantile(pair_cosines(self.embed(raw[multi]), items[multi]), review_rate))
         return self
 
     def screen(self, probs: np.ndarray, suitability: np.ndarray | None,
@@ -116,7 +138,7 @@ class ItemChecks:
         different products; None when they look like one product (or the check is off).
 
         Args:
-            emb: (M, D) unit-length photo embeddings.
+            emb: (M, D) unit-length photo embeddings (:meth:`embed`).
             weights: (M, 14) fusion weights from :meth:`screen`; photos set aside as not
                 footwear (weight 0 for not_footwear too) are left out of the comparison.
         """
@@ -136,9 +158,14 @@ class ItemChecks:
         return int(idx[odd]), float(np.nanmin(c[odd]))
 
     def to_dict(self) -> dict:
-        return {"nf_threshold": self.nf_threshold, "suit_floor": self.suit_floor, "min_cosine": self.min_cosine}
+        d = {"nf_threshold": self.nf_threshold, "suit_floor": self.suit_floor, "min_cosine": self.min_cosine}
+        if self.mean is not None:  # float32 precision is plenty for a standardisation
+            d["embedding_mean"] = [float(np.float32(v)) for v in self.mean]
+            d["embedding_scale"] = [float(np.float32(v)) for v in self.scale]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "ItemChecks":
         return cls(float(d["nf_threshold"]), float(d["suit_floor"]),
-                   None if d.get("min_cosine") is None else float(d["min_cosine"]))
+                   None if d.get("min_cosine") is None else float(d["min_cosine"]),
+                   d.get("embedding_mean"), d.get("embedding_scale"))

@@ -14,7 +14,9 @@ Follows Polyakov & Polyakov 2025, section 2 (shared/seeds/004_55178f825ca8b99c.t
   shares the two convolutions and the hidden layers between the heads.
 
 Every model maps (B, 3, 224, 224) normalised photos to (B, 14) logits: the 13 attributes then
-``not_footwear`` (``attributes.OUTPUT_KEYS``), plus optional cluster-gate and suitability logits.
+``not_footwear`` (``attributes.OUTPUT_KEYS``), plus optional cluster-gate and suitability logits,
+and an ``embedding`` (B, D) that says which product a photo shows (``item_checks.py``): ImageNet
+features the attribute training did not tune, so two photos of one product stay alike.
 """
 from __future__ import annotations
 
@@ -29,7 +31,7 @@ from .attributes import OUTPUT_KEYS
 from .backbones import get_backbone
 
 __all__ = ["ModelConfig", "Trunk", "Heads", "LeNet", "ShoeNet", "EnsembleNet", "build_trunk", "build_model",
-           "state_checksum"]
+           "share_stem", "state_checksum"]
 
 logger = logging.getLogger(__name__)
 
@@ -238,7 +240,10 @@ class ShoeNet(nn.Module):
         self.cfg, self.trunk, self.heads = cfg, trunk, heads
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        return self.heads(self.trunk(x))
+        z = self.trunk(x)  # (B, D)
+        out = self.heads(z)
+        out["embedding"] = z  # a frozen trunk's ImageNet features; lenet's hidden layer
+        return out
 
 
 def build_model(cfg: ModelConfig, weights: str | None = "imagenet") -> ShoeNet:
@@ -259,15 +264,21 @@ class EnsembleNet(nn.Module):
     the stem runs once per photo; each member's tail and heads run on its map, on the photo and on
     its mirror image, and the outputs are averaged.
 
+    The ``embedding`` is the ImageNet tail that the members' tuning started from (``reference``,
+    sharing the stem), run on the stem's map: features that still tell products apart, where the
+    tuned tails have learned to ignore all but the attributes (BENCHMARKS.md, issue 15).
+
     Args:
         members: fine-tuned :class:`ShoeNet` s of one backbone and one ``tuned_blocks``.
         flip: also run the mirrored photo (a shoe seen from its other side is the same shoe).
+        reference: the untuned ImageNet trunk of the members' backbone and ``tuned_blocks``
+            (``build_trunk``); None: no embedding.
 
     Raises:
         ValueError: no members, members of other backbones or tuned blocks, or a frozen trunk.
     """
 
-    def __init__(self, members: list[ShoeNet], flip: bool = True) -> None:
+    def __init__(self, members: list[ShoeNet], flip: bool = True, reference: Trunk | None = None) -> None:
         super().__init__()
         if not members:
             raise ValueError("an ensemble needs at least one member")
@@ -277,6 +288,11 @@ class EnsembleNet(nn.Module):
                              f"stem they share); got (backbone, tuned_blocks) = {sorted(kinds)}")
         self.members, self.flip = nn.ModuleList(members), flip
         self.cfg = members[0].cfg
+        self.reference = reference
+        if reference is not None:  # one stem in memory: the reference runs on member 0's map
+            if reference.cut != members[0].trunk.cut:
+                raise ValueError(f"the reference trunk must have tuned_blocks={self.cfg.tuned_blocks}")
+            share_stem(members[0].trunk, reference)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         views = 2 if self.flip else 1
@@ -285,8 +301,19 @@ class EnsembleNet(nn.Module):
         s = self.members[0].trunk.stem(x)  # shared frozen stem
         outs = [m.heads(m.trunk.tail(s)) for m in self.members]
         avg = {k: torch.stack([o[k] for o in outs]).mean(0) for k in outs[0]}  # (2B, K) each
+        if self.reference is not None:
+            avg["embedding"] = self.reference.tail(s)  # (2B, D) untuned ImageNet features
         # split by view count, not by len(x): an ONNX export then keeps the batch size free
         return {k: v.view(views, -1, v.shape[1]).mean(0) for k, v in avg.items()}  # (B, K)
+
+
+def share_stem(first: Trunk, other: Trunk) -> None:
+    """Make ``other`` run ``first``'s frozen stem modules (EfficientNet-Lite trunks with one
+    ``tuned_blocks``): one copy in memory, as an ensemble's members and reference share it."""
+    a, b = first.body, other.body
+    b._conv_stem, b._bn0 = a._conv_stem, a._bn0
+    for j in range(first.cut):
+        b._blocks[j] = a._blocks[j]
 
 
 def state_checksum(module: nn.Module) -> str:

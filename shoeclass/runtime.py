@@ -5,10 +5,14 @@ import contextlib
 import functools
 import logging
 import os
+from collections.abc import Callable, Sequence
+from typing import Any
 
+import numpy as np
 import torch
 
-__all__ = ["cpu_has_bf16", "autocast", "configure_threads", "prepare_for_inference", "default_device"]
+__all__ = ["cpu_has_bf16", "autocast", "configure_threads", "prepare_for_inference", "default_device", "batched",
+           "collect"]
 
 logger = logging.getLogger(__name__)
 
@@ -50,3 +54,22 @@ def prepare_for_inference(model: torch.nn.Module) -> torch.nn.Module:
     """Eval mode, no gradients, channels_last weights (faster convolutions on the CPU)."""
     model.eval().requires_grad_(False)
     return model.to(memory_format=torch.channels_last)
+
+
+def collect(out: dict[str, np.ndarray], rows: np.ndarray | slice, n: int, batch: dict[str, np.ndarray]) -> None:
+    """Write one batch's outputs (dict of (b, ...) arrays) into ``rows`` of ``out``'s (n, ...)
+    arrays, creating each with the dtype the batch has."""
+    for k, v in batch.items():
+        out.setdefault(k, np.empty((n, *v.shape[1:]), v.dtype))[rows] = v
+
+
+def batched(fn: Callable[[Any], dict[str, np.ndarray]], x: Sequence | np.ndarray | torch.Tensor,
+            batch_size: int) -> dict[str, np.ndarray]:
+    """The one batched predict loop over data in memory: every output of ``fn`` (a batch of ``x``
+    -> dict of (b, ...) arrays) over consecutive batches, as (N, ...) arrays, under inference mode.
+    Photo files go through ``data.table_outputs``, which fills its outputs the same way."""
+    out: dict[str, np.ndarray] = {}
+    with torch.inference_mode():
+        for i in range(0, len(x), batch_size):
+            collect(out, slice(i, min(i + batch_size, len(x))), len(x), fn(x[i:i + batch_size]))
+    return out

@@ -9,7 +9,7 @@ from shoeclass.attributes import MASK, OUTPUT_KEYS
 from shoeclass.decision import DecisionLayer
 from shoeclass.fit_fusion import changed_decisions, item_arrays, item_labels, refit_decision
 from shoeclass.fusion import BayesianFusion
-from shoeclass.item_checks import ItemChecks
+from shoeclass.item_checks import ItemChecks, pair_cosines
 from shoeclass.result import ItemResult, PhotoResult, decide
 
 K = len(OUTPUT_KEYS)
@@ -84,15 +84,31 @@ def test_different_products_name_the_odd_photo_and_one_product_passes():
     assert ItemChecks().odd_photo(emb) is None  # no threshold fitted: the check is off
 
 
-def test_min_cosine_fit_is_the_quantile_of_same_item_pairs():
-    emb = np.eye(4)[[0, 0, 1, 1, 2]]
-    emb[1] = [0.6, 0.8, 0, 0]
-    checks = ItemChecks().fit(emb, np.array(["x", "x", "y", "y", "z"]), review_rate=0.01)
-    assert checks.min_cosine == pytest.approx(0.6, abs=0.01)
+def test_fit_standardises_and_takes_the_quantile_of_same_item_pairs():
+    # raw ImageNet-like features: non-negative with a large shared offset, so raw cosines are all
+    # near 1; the fitted standardisation must remove it so that products can be told apart
+    rng = np.random.default_rng(0)
+    products = rng.normal(size=(40, 32))
+    items = np.repeat(np.arange(40), 2)
+    raw = 10.0 + products[items] + 0.2 * rng.normal(size=(80, 32))
+    plain = ItemChecks().embed(raw)
+    assert (plain @ plain.T).min() > 0.95  # without the standardisation everything looks alike
+    checks = ItemChecks().fit(raw, items, review_rate=0.05)
+    emb = checks.embed(raw)
+    pairs = pair_cosines(emb, items)
+    assert checks.min_cosine == pytest.approx(np.quantile(pairs, 0.05))
+    assert np.mean(pairs < checks.min_cosine) <= 0.05
+    other = emb[::2] @ emb[1::2].T  # (40, 40): photo of item i against the second photo of item j
+    different = other[~np.eye(40, dtype=bool)]
+    assert np.mean(different < checks.min_cosine) > 0.95
+    again = ItemChecks.from_dict(checks.to_dict())  # the card keeps what was fitted
+    np.testing.assert_allclose(again.embed(raw), emb, atol=1e-5)
+    with pytest.raises(ValueError, match="width"):
+        checks.embed(raw[:, :8])
     with pytest.raises(ValueError, match="two or more photos"):
-        ItemChecks().fit(emb, np.arange(5))
+        ItemChecks().fit(raw[:5], np.arange(5))
     with pytest.raises(ValueError, match="review_rate"):
-        ItemChecks().fit(emb, np.zeros(5), review_rate=1.5)
+        ItemChecks().fit(raw, items, review_rate=1.5)
 
 
 def test_bad_settings_are_named():
