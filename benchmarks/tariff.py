@@ -10,10 +10,18 @@ declares every fact: the leather/rubber set plus each attribute the by-eye label
 
 Reported per set: the share of items that come back ``ok``, the 10-digit agreement among them
 (the targets), agreement at 4, 6 and 10 digits over all items with a true code, and the
-coverage/accuracy curve as the review threshold moves. Model outputs are computed once and cached
+coverage/accuracy curve as the review threshold moves, and why the items under review are there
+(which photo fact is uncertain, which assumption). Model outputs are computed once and cached
 under .cache/ (benchmarks/_tariff_cache.py), so re-running after a rules change is cheap.
 
+Rule-input calibration (shoeclass/_tariff_inputs.py): ``--split val --fit-inputs`` fits it on the
+validation photos, reads its review threshold there and writes configs/tariff_inputs.json;
+``--calibrated`` measures with it applied (the library applies it where it is passed
+``input_calibration=``). ``--bound`` prints what calibration fitted on the measured split itself
+(every output, an optimistic bound, not a result) would allow at 0.97 agreement.
+
     PYTHONPATH=$PWD python benchmarks/tariff.py [--data ../shared/data] [--split test] [--model M] [--limit N]
+        [--calibrated] [--bound] [--fit-inputs]
 """
 from __future__ import annotations
 
@@ -31,7 +39,8 @@ from shoeclass._tariff_rules import leaf_distribution  # noqa: E402
 from shoeclass.api import Classifier  # noqa: E402
 from shoeclass.attributes import HEIGHT_KEYS, OUTPUT_KEYS  # noqa: E402
 from shoeclass.facts import DeclaredFacts  # noqa: E402
-from shoeclass.tariff import REVIEW_BELOW, classify_tariff, load_tariff_rules  # noqa: E402
+from shoeclass.tariff import (INPUTS_PATH, REVIEW_BELOW, InputCalibration, classify_tariff,  # noqa: E402
+                              fit_input_calibration, input_calibration_for, load_tariff_rules)
 
 GOAL_OK, GOAL_AGREE = 0.60, 0.97
 KNOWN = {"metal_toecap": False, "insole_cm": 27.0, "gender": "men"}
@@ -75,23 +84,70 @@ def true_code(rules, y: np.ndarray, facts: dict) -> str | None:
     return code if p > 1.0 - 1e-9 else None
 
 
-def run_set(name: str, out: dict, rules, base: dict | None) -> dict:
+def reason_tags(d) -> set[str]:
+    """Why an item is under review, as short tags: ``photos:<fact>`` (uncertain in the photo, decides
+    the code), ``prior:<fact>``, ``assumption:<note>``, ``low top probability``, ``not footwear``."""
+    if not d.candidates_10:
+        return {"not footwear"}
+    tags = {f"{m['source']}:{m['fact']}" for m in d.missing_facts}
+    tags |= {f"assumption:{a['id']}" for a in d.assumptions}
+    if not tags:
+        tags.add("low top probability")
+    return tags
+
+
+def run_set(name: str, out: dict, rules, base: dict | None, review_below: float = REVIEW_BELOW,
+            calibration: InputCalibration | None = None) -> dict:
     n = len(out["image"])
     conf, pred, truth, ok, asked_indoor = np.zeros(n), [], [], np.zeros(n, bool), np.zeros(n, bool)
+    tags = []
     for i in range(n):
         facts = dict(base) if base is not None else {**FACT_SETS["leather upper + rubber sole"],
                                                      **label_facts(out["y"][i])}
         probs = dict(zip(OUTPUT_KEYS, map(float, out["fused"][i])))
-        d = classify_tariff(probs, facts, atypical=tuple(out["atypical"][i]))
+        d = classify_tariff(probs, facts, atypical=tuple(out["atypical"][i]), review_below=review_below,
+                            input_calibration=calibration)
         conf[i], ok[i] = d.confidence, d.status == "ok"
         pred.append(d.top_code)
         truth.append(true_code(rules, out["y"][i], facts))
         asked_indoor[i] = any(m["fact"] == "indoor" for m in d.missing_facts)
+        tags.append(set() if ok[i] else reason_tags(d))
     known = np.array([t is not None for t in truth])
     agree = {k: np.array([p is not None and t is not None and p[:k] == t[:k] for p, t in zip(pred, truth)])
              for k in (4, 6, 10)}
     return {"name": name, "n": n, "conf": conf, "ok": ok, "known": known, "agree": agree, "pred": pred,
-            "truth": truth, "asked_indoor": asked_indoor}
+            "truth": truth, "asked_indoor": asked_indoor, "tags": tags, "review_below": review_below}
+
+
+def best_share(r: dict, goal: float = GOAL_AGREE) -> tuple[float, float | None]:
+    """The largest ok share whose agreement (items with a true code) is >= goal when items go
+    through in order of confidence, and the confidence of the last one let through."""
+    order = np.argsort(-r["conf"], kind="stable")
+    a10, known = r["agree"][10][order], r["known"][order]
+    hits, counted = np.cumsum(a10 & known), np.cumsum(known)
+    good = np.nonzero((counted > 0) & (hits >= goal * np.maximum(counted, 1)))[0]
+    if not len(good):
+        return 0.0, None
+    k = good[-1]
+    return (k + 1) / len(order), float(r["conf"][order][k])
+
+
+def print_reasons(r: dict) -> None:
+    """Why the items under review are there; for those one fact away, how the others fare."""
+    under = [t for t in r["tags"] if t]
+    if not under:
+        return
+    count: dict[str, int] = {}
+    for tags in under:
+        for t in tags:
+            count[t] = count.get(t, 0) + 1
+    single = {}
+    for tags in under:
+        if len(tags) == 1:
+            (t,) = tags
+            single[t] = single.get(t, 0) + 1
+    print(f"  why needs_review ({len(under)} items; an item can have several reasons): "
+          + ", ".join(f"{t} {c} ({single.get(t, 0)} alone)" for t, c in sorted(count.items(), key=lambda kv: -kv[1])))
 
 
 def report(r: dict) -> tuple[float, float]:
@@ -102,14 +158,40 @@ def report(r: dict) -> tuple[float, float]:
     print(f"\n## {r['name']}: {r['n']} items, {known.sum()} with a true code (the rest: a 0.5 label decides)")
     print(f"  agreement over all items with a true code: 4 digits {r['agree'][4][known].mean():.3f}, "
           f"6 digits {r['agree'][6][known].mean():.3f}, 10 digits {a10[known].mean():.3f}")
-    print(f"  at review_below={REVIEW_BELOW}: ok {ok.sum()} ({ok_share:.3f}); 10-digit agreement among ok "
+    print(f"  at review_below={r['review_below']}: ok {ok.sum()} ({ok_share:.3f}); 10-digit agreement among ok "
           f"items with a true code {acc:.4f} ({ok_known.sum()} items)")
     print("  threshold  ok-share  agreement@10 (ok items with a true code)")
     for t in GRID:
         sel = (r["conf"] >= t) & known
         cov = (r["conf"] >= t).mean()
         print(f"  {t:9.2f}  {cov:8.3f}  {a10[sel].mean() if sel.any() else float('nan'):.4f}  ({sel.sum()})")
+    share, thr = best_share(r)
+    print(f"  largest ok share at agreement >= {GOAL_AGREE} with the threshold read on this split: {share:.3f}"
+          + (f" (confidence >= {thr:.3f})" if thr is not None else ""))
+    print_reasons(r)
     return ok_share, acc
+
+
+def smallest_meeting(results: list[dict]) -> float | None:
+    """The smallest threshold on a 0.01 grid at which every set's agreement among ok items is >= goal."""
+    fine = np.round(np.arange(0.5, 0.995, 0.01), 2)
+    meets = [t for t in fine if all(r["agree"][10][(r["conf"] >= t) & r["known"]].mean() >= GOAL_AGREE
+                                    for r in results if ((r["conf"] >= t) & r["known"]).any())]
+    return float(meets[0]) if meets else None
+
+
+def print_bound(out: dict, rules, sha: str) -> None:
+    """An optimistic bound: every output (rare ones too) calibrated on the measured split itself, the
+    threshold read there too. Not a result: what better-calibrated inputs could give this model."""
+    cal = fit_input_calibration(out["fused"], out["y"], model_sha256=sha, review_below=0.0, min_per_class=1)
+    print("\n# bound (not a result): every output calibrated on this split itself, threshold read on it")
+    for name, facts in [*FACT_SETS.items(), (ALL_FACTS, None)]:
+        r = run_set(name, out, rules, facts, 0.0, cal)
+        share, thr = best_share(r)
+        print(f"  {name}: largest ok share at agreement >= {GOAL_AGREE}: {share:.3f}"
+              + (f" (confidence >= {thr:.3f})" if thr is not None else "")
+              + f"; items with a true code {r['known'].mean():.3f}; 10-digit agreement over them "
+              f"{r['agree'][10][r['known']].mean():.3f}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -118,28 +200,51 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--split", default="test")
     ap.add_argument("--model", default=None)
     ap.add_argument("--limit", type=int, default=0, help="first N items only (development)")
+    ap.add_argument("--calibrated", action="store_true",
+                    help=f"apply the rule-input calibration of {INPUTS_PATH.name} (fitted on val for this model)")
+    ap.add_argument("--fit-inputs", action="store_true",
+                    help=f"(--split val only) fit the rule-input calibration and its threshold, write {INPUTS_PATH.name}")
+    ap.add_argument("--bound", action="store_true",
+                    help="also print the bound with every output calibrated on this split itself")
     args = ap.parse_args(argv)
     clf = Classifier(args.model)
     out = by_eye_outputs(args.data, args.split, clf)
     if args.limit:
         out = {k: v[: args.limit] for k, v in out.items()}
     rules = load_tariff_rules()
+    sha = clf.meta["sha256"]
     t0 = time.perf_counter()
+    if args.fit_inputs:
+        if args.split != "val":
+            ap.error("--fit-inputs reads the validation split only (--split val)")
+        cal = fit_input_calibration(out["fused"], out["y"], model_sha256=sha, review_below=1.0,
+                                    fitted_on=f"{args.split} split, {len(out['image'])} by-eye photos")
+        trial = [run_set(name, out, rules, facts, 1.0, cal) for name, facts in FACT_SETS.items()]
+        trial.append(run_set(ALL_FACTS, out, rules, None, 1.0, cal))
+        cal = InputCalibration(cal.model_sha256, cal.maps, smallest_meeting(trial) or 1.0, cal.fitted_on, cal.counts)
+        cal.save(INPUTS_PATH)
+        print(f"wrote {INPUTS_PATH} (review_below {cal.review_below}); maps {dict(cal.maps)}")
+    calibration = None
+    if args.calibrated:
+        calibration = input_calibration_for(sha)
+        if calibration is None:
+            ap.error(f"{INPUTS_PATH} is missing or was fitted on another model: run --split val --fit-inputs")
+    review_below = calibration.review_below if calibration is not None else REVIEW_BELOW
     print(f"# tariff codes on the {args.split} split's by-eye photos, one photo per item; model "
-          f"{clf.path.name} ({clf.meta['sha256'][:12]}), rules {rules.id} {rules.version}")
-    results = [run_set(name, out, rules, facts) for name, facts in FACT_SETS.items()]
-    results.append(run_set(ALL_FACTS, out, rules, None))
+          f"{clf.path.name} ({sha[:12]}), rules {rules.id} {rules.version}; rule inputs "
+          + (f"calibrated ({INPUTS_PATH.name}, {calibration.fitted_on})" if calibration else "as the model gives them"))
+    results = [run_set(name, out, rules, facts, review_below, calibration) for name, facts in FACT_SETS.items()]
+    results.append(run_set(ALL_FACTS, out, rules, None, review_below, calibration))
     lines = []
     for r in results:
         ok_share, acc = report(r)
         lines.append((f"ok share, {r['name']}", ok_share, GOAL_OK))
         lines.append((f"10-digit agreement among ok, {r['name']}", acc, GOAL_AGREE))
-    fine = np.round(np.arange(0.5, 0.995, 0.01), 2)
-    meets = [t for t in fine if all(r["agree"][10][(r["conf"] >= t) & r["known"]].mean() >= GOAL_AGREE
-                                    for r in results if ((r["conf"] >= t) & r["known"]).any())]
+    meets = smallest_meeting(results)
     print(f"\nsmallest review_below at which every set's agreement among ok items is >= {GOAL_AGREE} on this "
-          f"split: {meets[0] if meets else 'none'} (shoeclass.tariff.REVIEW_BELOW = {REVIEW_BELOW}, read from "
-          f"--split val)")
+          f"split: {meets if meets is not None else 'none'} (in use: {review_below}, read from --split val)")
+    if args.bound:
+        print_bound(out, rules, sha)
     textile = results[1]
     indoor = out["y"][:, OUTPUT_KEYS.index("indoor")] == 1.0
     if indoor.any():

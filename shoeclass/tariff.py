@@ -36,21 +36,28 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Mapping
 
+from ._tariff_inputs import InputCalibration, fit_input_calibration
 from ._tariff_review import ask as _ask, assumptions as _assumptions, missing as _missing, path as _path
 from ._tariff_review import rationale as _rationale, used as _used
 from ._tariff_rules import DEFAULT_RULES_PATH, RuleSet, RulesError, code_texts, leaf_distribution, load_rules
+from .assets import asset
 from .attributes import OUTPUT_KEYS
 from .facts import FACTS, DeclaredFacts
 
 __all__ = ["DeclaredFacts", "Candidate", "TariffDecision", "classify_tariff", "classify_code", "leaf_codes",
-           "load_tariff_rules", "RulesError", "REVIEW_BELOW"]
+           "load_tariff_rules", "RulesError", "REVIEW_BELOW", "InputCalibration", "fit_input_calibration",
+           "input_calibration_for"]
 
 logger = logging.getLogger(__name__)
 
 # Default confidence a top code needs to go through without review: the smallest at which, on the
 # validation split's by-eye photos, every fixed fact set's 10-digit agreement among ok items is at
 # least 0.97 (`python benchmarks/tariff.py --split val` prints it and the curve it is read from).
-REVIEW_BELOW = 0.93
+# Read on the shipped model (weights/default, sha256 ce4202bee47d...): 0.94.
+REVIEW_BELOW = 0.94
+# Calibration of the rule inputs for the shipped model (``_tariff_inputs.py``), fitted on the
+# validation split's by-eye photos by `python benchmarks/tariff.py --split val --fit-inputs`.
+INPUTS_PATH = asset("configs", "tariff_inputs.json")
 _FACTS = {f.name: f for f in FACTS}
 # attribute -> the rule variable it informs (the photo's evidence for that variable)
 
@@ -128,6 +135,20 @@ def leaf_codes(rules_path: str | Path | None = None) -> list[str]:
     return list(load_tariff_rules(rules_path).leaves)
 
 
+def input_calibration_for(model_sha256: str, path: str | Path | None = None) -> InputCalibration | None:
+    """The rule-input calibration fitted for this model (``configs/tariff_inputs.json``), or None
+    when the file is missing or was fitted on another model."""
+    path = Path(path) if path is not None else INPUTS_PATH
+    if not path.is_file():
+        return None
+    cal = InputCalibration.load(path)
+    if cal.model_sha256 != model_sha256:
+        logger.info("%s was fitted on model %s, not %s: rule inputs not recalibrated", path,
+                    cal.model_sha256[:12], model_sha256[:12])
+        return None
+    return cal
+
+
 def _check_probs(probs: Mapping[str, float]) -> dict[str, float]:
     missing = [k for k in OUTPUT_KEYS if k not in probs]
     extra = sorted(set(probs) - set(OUTPUT_KEYS))
@@ -165,22 +186,26 @@ def _check_given(priors: Mapping[str, Mapping[Any, float]] | None) -> dict[str, 
 
 
 def classify_tariff(probs: Mapping[str, float], facts: DeclaredFacts | Mapping | None = None, *,
-                    top_k: int = 5, review_below: float = REVIEW_BELOW, atypical: tuple[str, ...] | list = (),
+                    top_k: int = 5, review_below: float | None = None, atypical: tuple[str, ...] | list = (),
                     cluster: str | None = None, priors: Mapping[str, Mapping[Any, float]] | None = None,
-                    rules_path: str | Path | None = None) -> TariffDecision:
+                    rules_path: str | Path | None = None,
+                    input_calibration: InputCalibration | None = None) -> TariffDecision:
     """Ranks TN VED codes of headings 6401-6405 for one item.
 
     Args:
         probs: p(attribute) for each of the 14 ``OUTPUT_KEYS`` (13 attributes + ``not_footwear``).
         facts: declared facts (:class:`DeclaredFacts` or a dict); unset ones are marginalised.
         top_k: candidates kept at each of 4, 6 and 10 digits.
-        review_below: confidence below which the status is ``needs_review``.
+        review_below: confidence below which the status is ``needs_review`` (default: the
+            ``input_calibration``'s, else ``REVIEW_BELOW``).
         atypical: attributes the cluster check found firing though atypical of the item's cluster;
             named in the review reasons of an item under review when they decide its top code.
         cluster: the item's cluster name (for the review reason).
         priors: per-item distributions for undeclared facts, ``{fact: {value: p}}`` (e.g. material
             probabilities read from the photos); they replace the photo attribute or rules prior.
         rules_path: another rules YAML (default ``configs/tariff_ch64.yaml``).
+        input_calibration: maps the model's fused probabilities to calibrated ones before the rules
+            read them (:func:`input_calibration_for` the model's sha256); None: read as given.
 
     Returns:
         A :class:`TariffDecision`.
@@ -191,14 +216,20 @@ def classify_tariff(probs: Mapping[str, float], facts: DeclaredFacts | Mapping |
     """
     if not isinstance(top_k, int) or top_k < 1:
         raise ValueError(f"top_k must be an int >= 1, got {top_k!r}")
+    if review_below is None:
+        review_below = input_calibration.review_below if input_calibration is not None else REVIEW_BELOW
     if not 0.0 <= review_below <= 1.0:
         raise ValueError(f"review_below must lie in [0, 1], got {review_below!r}")
     p = _check_probs(probs)
+    if input_calibration is not None:
+        p = input_calibration.apply(p)
     if not isinstance(facts, DeclaredFacts):
         facts = DeclaredFacts.from_dict(facts)
     given = _check_given(priors)
     rules = load_tariff_rules(rules_path)
     ident = {"id": rules.id, "version": rules.version, "file": rules.path.name}
+    if input_calibration is not None:
+        ident["input_calibration"] = input_calibration.model_sha256[:12]
     p_footwear = 1.0 - p["not_footwear"]
     if p["not_footwear"] >= 0.5:
         note = rules.notes.get("CH64_N1", "Chapter 64 Note 1")
@@ -250,7 +281,7 @@ def classify_tariff(probs: Mapping[str, float], facts: DeclaredFacts | Mapping |
 
 def classify_code(attributes: Mapping[str, float], declared: DeclaredFacts | Mapping | None = None, *,
                   priors: Mapping[str, Mapping[Any, float]] | None = None, top_k: int = 5,
-                  review_below: float = REVIEW_BELOW, rules_path: str | Path | None = None) -> dict[str, Any]:
+                  review_below: float | None = None, rules_path: str | Path | None = None) -> dict[str, Any]:
     """The tariff step alone, for declaration software with its own attribute values.
 
     Args:

@@ -475,3 +475,82 @@ def test_cli_has_a_flag_for_every_fact():
     declared = {f.name: getattr(args, f.name) for f in FACTS}
     assert set(DeclaredFacts.from_dict(declared).stated()) == {f.name for f in FACTS}
     assert get_args_parser().parse_args(["classify", "x.jpg", "--upper", "leather"]).upper_material == "leather"
+
+
+# ------------------------------------------------------------------ rule-input calibration (issue 17)
+def _synthetic(n: int = 4000, seed: int = 0):
+    """Fused probabilities that over-state presence: true p = sigmoid(logit(p_model) - 2)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    z = rng.normal(-1.0, 3.0, size=(n, len(OUTPUT_KEYS)))
+    probs = 1.0 / (1.0 + np.exp(-z))
+    y = (rng.random(z.shape) < 1.0 / (1.0 + np.exp(-(z - 2.0)))).astype(float)
+    return probs, y
+
+
+def test_input_calibration_fits_the_over_stated_map_and_leaves_rare_outputs_alone():
+    from shoeclass.tariff import fit_input_calibration
+
+    probs, y = _synthetic()
+    indoor = OUTPUT_KEYS.index("indoor")
+    y[:, indoor] = 0.0
+    y[:5, indoor] = 1.0  # 5 positives: too few to fit, the head stays as the model gives it
+    cal = fit_input_calibration(probs, y, model_sha256="x" * 64, review_below=0.9)
+    a, b = cal.maps["sports"]
+    assert a == pytest.approx(1.0, abs=0.15) and b == pytest.approx(-2.0, abs=0.25)
+    assert "indoor" not in cal.maps and cal.counts["indoor"][0] == 5
+    # the height heads share one map: equal heads (a photo that cannot show it) stay equal, 50/50
+    assert len({cal.maps[k] for k in HEIGHT_KEYS}) == 1
+    flat = cal.apply({**crisp(), **dict.fromkeys(HEIGHT_KEYS, 0.5)})
+    assert len({flat[k] for k in HEIGHT_KEYS}) == 1
+    assert flat["indoor"] == 0.0 and flat["sports"] < 1e-4
+
+
+def test_input_calibration_changes_review_not_the_rules():
+    from shoeclass.tariff import InputCalibration
+
+    cal = InputCalibration("ab" * 32, {"sports": (1.5, -7.5)}, review_below=0.83, fitted_on="test")
+    probs = crisp("vamp_straps") | {"sports": 0.6}  # the head over-states sports (3 % on val)
+    shoe = facts("textile", "rubber")
+    raw = classify_tariff(probs, shoe)
+    assert raw.status == "needs_review" and any("sports_kind" in r for r in raw.review_reasons)
+    fixed = classify_tariff(probs, shoe, input_calibration=cal)
+    assert fixed.status == "ok" and fixed.top_code == "6404199000"
+    assert fixed.rules["input_calibration"] == "ab" * 6
+    assert classify_tariff(probs, shoe, input_calibration=cal, review_below=0.9999).status == "needs_review"
+    # crisp evidence is left crisp where the map is steep enough: a sure sports shoe stays sports
+    sure = classify_tariff(crisp() | {"sports": 1.0}, shoe, input_calibration=cal)
+    assert sure.top_code == "6404110000"
+
+
+def test_input_calibration_file_round_trip_and_model_check(tmp_path):
+    from shoeclass.tariff import InputCalibration, input_calibration_for
+
+    cal = InputCalibration("cd" * 32, {"high_heel": (1.1, -1.3)}, 0.8, "val split, 3 photos", {"high_heel": (1, 2)})
+    path = tmp_path / "inputs.json"
+    cal.save(path)
+    assert InputCalibration.load(path) == cal
+    assert input_calibration_for("cd" * 32, path) == cal
+    assert input_calibration_for("ef" * 32, path) is None  # fitted on another model: not applied
+    assert input_calibration_for("cd" * 32, tmp_path / "missing.json") is None
+    bad = json.loads(path.read_text()) | {"mapz": {}}
+    path.write_text(json.dumps(bad))
+    with pytest.raises(ValueError, match="mapz"):
+        InputCalibration.load(path)
+    with pytest.raises(ValueError, match="slope"):
+        InputCalibration("cd" * 32, {"high_heel": (-1.0, 0.0)}, 0.8)
+    with pytest.raises(ValueError, match="unknown outputs"):
+        InputCalibration("cd" * 32, {"heel": (1.0, 0.0)}, 0.8)
+
+
+def test_shipped_input_calibration_is_for_the_shipped_model_and_keeps_rare_heads():
+    from shoeclass.assets import asset
+    from shoeclass.tariff import INPUTS_PATH, InputCalibration
+
+    cal = InputCalibration.load(INPUTS_PATH)
+    card = json.loads(asset("weights", "default", "model.json").read_text())
+    assert cal.model_sha256 == card["sha256"]
+    assert "val" in cal.fitted_on and 0.5 <= cal.review_below <= 1.0
+    for rare in ("indoor", "wood_base", "not_footwear"):  # < 10 validation positives: left as they are
+        assert rare not in cal.maps
