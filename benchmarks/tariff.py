@@ -15,13 +15,13 @@ coverage/accuracy curve as the review threshold moves, and why the items under r
 under .cache/ (benchmarks/_tariff_cache.py), so re-running after a rules change is cheap.
 
 Rule-input calibration (shoeclass/_tariff_inputs.py): ``--split val --fit-inputs`` fits it on the
-validation photos, reads its review threshold there and writes configs/tariff_inputs.json;
-``--calibrated`` measures with it applied (the library applies it where it is passed
-``input_calibration=``). ``--bound`` prints what calibration fitted on the measured split itself
+validation photos, reads its review threshold there and writes configs/tariff_inputs.json; it is
+applied whenever it was fitted for the measured model, as ``Classifier`` applies it
+(``--raw-inputs``: the model's probabilities as they are, with ``REVIEW_BELOW``). ``--bound`` prints what calibration fitted on the measured split itself
 (every output, an optimistic bound, not a result) would allow at 0.97 agreement.
 
     PYTHONPATH=$PWD python benchmarks/tariff.py [--data ../shared/data] [--split test] [--model M] [--limit N]
-        [--calibrated] [--bound] [--fit-inputs]
+        [--raw-inputs] [--bound] [--fit-inputs]
 """
 from __future__ import annotations
 
@@ -200,8 +200,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--split", default="test")
     ap.add_argument("--model", default=None)
     ap.add_argument("--limit", type=int, default=0, help="first N items only (development)")
-    ap.add_argument("--calibrated", action="store_true",
-                    help=f"apply the rule-input calibration of {INPUTS_PATH.name} (fitted on val for this model)")
+    ap.add_argument("--raw-inputs", action="store_true",
+                    help=f"do not apply the rule-input calibration of {INPUTS_PATH.name} (as Classifier does)")
     ap.add_argument("--fit-inputs", action="store_true",
                     help=f"(--split val only) fit the rule-input calibration and its threshold, write {INPUTS_PATH.name}")
     ap.add_argument("--bound", action="store_true",
@@ -224,11 +224,7 @@ def main(argv: list[str] | None = None) -> int:
         cal = InputCalibration(cal.model_sha256, cal.maps, smallest_meeting(trial) or 1.0, cal.fitted_on, cal.counts)
         cal.save(INPUTS_PATH)
         print(f"wrote {INPUTS_PATH} (review_below {cal.review_below}); maps {dict(cal.maps)}")
-    calibration = None
-    if args.calibrated:
-        calibration = input_calibration_for(sha)
-        if calibration is None:
-            ap.error(f"{INPUTS_PATH} is missing or was fitted on another model: run --split val --fit-inputs")
+    calibration = None if args.raw_inputs else input_calibration_for(sha)
     review_below = calibration.review_below if calibration is not None else REVIEW_BELOW
     print(f"# tariff codes on the {args.split} split's by-eye photos, one photo per item; model "
           f"{clf.path.name} ({sha[:12]}), rules {rules.id} {rules.version}; rule inputs "

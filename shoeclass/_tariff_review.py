@@ -71,24 +71,31 @@ def assumptions(rules: RuleSet, chain: list, top: str, p_top: float, dists: Mapp
     return out
 
 
-def _changing(rules: RuleSet, dists: Mapping, name: str, top: str) -> list:
-    """The values of a variable that, stated, change the top code."""
-    return [v for v, q in dists[name].items()
-            if 0.0 < q < 1.0 and _best(leaf_distribution(rules, {**dists, name: {v: 1.0}})) != top]
-
-
 def missing(rules: RuleSet, dists: Mapping, base: Mapping[str, float], top: str, facts: Mapping,
             given: Mapping) -> list[dict[str, Any]]:
     """Every undeclared fact whose value changes the top code, with the mass stating it moves. A fact
     left to a prior counts too when it changes the top code once another such fact is stated so as
     to change it (gender decides only after the insole length is known to be 24 cm or more)."""
+    worlds: dict[frozenset, dict[str, float]] = {frozenset(): dict(base)}
+    memo: dict = {}  # sub-results shared between the worlds
+
+    def world(fixed: frozenset) -> dict[str, float]:
+        """p(leaf) with the variables of ``fixed`` ((name, value) pairs) stated; each computed once."""
+        if fixed not in worlds:
+            worlds[fixed] = leaf_distribution(rules, dists, dict(fixed), memo)
+        return worlds[fixed]
+
+    def changing(name: str, fixed: frozenset = frozenset()) -> list:
+        """The values of ``name`` that, stated on top of ``fixed``, change that world's top code."""
+        here = top if not fixed else _best(world(fixed))
+        return [v for v, q in dists[name].items() if 0.0 < q < 1.0 and _best(world(fixed | {(name, v)})) != here]
+
     out = []
     priors = [n for n, v in rules.variables.items() if v.field and facts.get(v.field) is None
               and _source(v, given) == "prior"]
-    first = {n: vals for n in priors if (vals := _changing(rules, dists, n, top))}
+    first = {n: vals for n in priors if (vals := changing(n))}
     second = {n for n in priors if n not in first and any(
-        _changing(rules, world, n, _best(leaf_distribution(rules, world)))
-        for f, vals in first.items() for v in vals for world in [{**dists, f: {v: 1.0}}])}
+        changing(n, frozenset({(f, v)})) for f, vals in first.items() for v in vals)}
     for name, var in rules.variables.items():
         if var.field is None or facts.get(var.field) is not None:
             continue
@@ -96,7 +103,7 @@ def missing(rules: RuleSet, dists: Mapping, base: Mapping[str, float], top: str,
         for value, q in dists[name].items():
             if q <= 0.0 or q >= 1.0:
                 continue
-            alt = leaf_distribution(rules, {**dists, name: {value: 1.0}})
+            alt = world(frozenset({(name, value)}))
             moved += q * 0.5 * sum(abs(alt.get(c, 0.0) - base.get(c, 0.0)) for c in set(alt) | set(base))
             alt_top = _best(alt)
             if alt_top != top:

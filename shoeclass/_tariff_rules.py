@@ -348,13 +348,30 @@ def condition_probability(cond: Condition, dists: Mapping[str, Mapping[Value, fl
     return p
 
 
-def leaf_distribution(rules: RuleSet, dists: Mapping[str, Mapping[Value, float]]) -> dict[str, float]:
-    """Exact p(leaf) for every leaf reached with positive probability (first match wins)."""
-    memo: dict[tuple, dict[str, float]] = {}
+_UNSET = object()  # a variable not assigned on the way to a node (never equal to a value)
+
+
+def leaf_distribution(rules: RuleSet, dists: Mapping[str, Mapping[Value, float]],
+                      fixed: Mapping[str, Value] | None = None, memo: dict | None = None) -> dict[str, float]:
+    """Exact p(leaf) for every leaf reached with positive probability (first match wins).
+
+    ``fixed`` states variables on top of ``dists`` (a world where the declarant said them); calls
+    with the same ``dists`` that pass one ``memo`` share every sub-result that does not depend on
+    what they fix differently (the missing-facts search asks for many such worlds).
+    """
+    fixed = dict(fixed or {})
+    if fixed:
+        dists = {**dists, **{n: {v: 1.0} for n, v in fixed.items()}}
+    memo = {} if memo is None else memo
+    scope: dict[tuple[int, int], tuple[tuple[str, ...], tuple]] = {}  # the variables a suffix reads, sorted
 
     def walk(group: list[Node], start: int, assign: dict[str, Value]) -> dict[str, float]:
-        refs = rules.suffix_refs[(id(group), start)]
-        key = (id(group), start, tuple(sorted((k, v) for k, v in assign.items() if k in refs)))
+        where = (id(group), start)
+        if where not in scope:
+            names = tuple(sorted(rules.suffix_refs[where]))
+            scope[where] = names, tuple((k, fixed[k]) for k in names if k in fixed)
+        names, stated = scope[where]
+        key = (where, tuple(assign.get(k, _UNSET) for k in names), stated)
         if key in memo:
             return memo[key]
         out: dict[str, float] = {}

@@ -25,7 +25,7 @@ from .facts import DeclaredFacts
 from .images import ImageError, ImageInput, describe_source, load_image
 from .result import ItemResult, PhotoResult
 from .runtime import batched, prepare_for_inference
-from .tariff import classify_tariff
+from .tariff import classify_tariff, input_calibration_for
 
 __all__ = ["Classifier", "classify_images", "check_arguments", "Cancelled"]
 
@@ -60,6 +60,7 @@ class Classifier:
         self.bf16, self.batch_size = bf16, batch_size
         self.runtime = load_runtime(runtime, self.net, self.meta, bf16, self.device)
         self.decision = DecisionLayer.from_dict(self.meta.get("decision"))
+        self.tariff_inputs = input_calibration_for(self.meta["sha256"])  # fitted on val for this model
         self.thresholds = self.decision.thresholds
         ens = self.meta.get("ensemble")
         # members: fine-tuned models averaged (1 for a single model); mirror: the mirrored photo too
@@ -164,7 +165,8 @@ class Classifier:
                              "probability": round(float(gates[j].max()), 6)}
         tariff = classify_tariff(dict(zip(OUTPUT_KEYS, map(float, fused))), facts, top_k=top_k,
                                  atypical=tuple(cluster["atypical_firing"]) if cluster else (),
-                                 cluster=cluster["name"] if cluster else None).to_dict()
+                                 cluster=cluster["name"] if cluster else None,
+                                 input_calibration=self.tariff_inputs).to_dict()
         return ItemResult(photos, fused, self.thresholds, cluster=cluster, tariff=tariff, model=self.info,
                           set_aside=set_aside, review=review)
 

@@ -31,7 +31,7 @@ logger = logging.getLogger(__name__)
 
 RUNTIMES = ("auto", "torch", "openvino", "onnxruntime")
 AUTO_ORDER = ("openvino", "onnxruntime", "torch")  # fastest first, as benchmarks/runtimes.py measured
-DEFAULT = "torch"  # the runtime when none is named
+DEFAULT = "auto"  # the runtime when none is named: the fastest installed (benchmarks/runtimes.py)
 _PACKAGES = {"openvino": "openvino", "onnxruntime": "onnxruntime", "torch": "torch"}
 _INSTALL = 'pip install "shoeclass[onnx]"'
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import os
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,9 @@ from shoeclass.assets import load_scraper
 from shoeclass.attributes import ATTRIBUTE_KEYS
 
 load_scraper()  # the tests import shoeclass_scraper, installed or (in a checkout) the scraper/ folder
+# The tests' many small models run on PyTorch: under the default runtime ("auto") each would be
+# exported to ONNX first. tests/test_export.py checks the default runtime itself.
+os.environ.setdefault("SHOECLASS_RUNTIME", "torch")
 
 HEADER = ["image", "item", "source", "src_class", "split", "origin", "not_footwear", *ATTRIBUTE_KEYS]
 

@@ -57,9 +57,13 @@ def test_onnx_graph_gives_the_pytorch_outputs_of_the_shipped_model_on_the_exampl
 
 
 @pytest.mark.skipif(not runtime_available("openvino"), reason="openvino is not installed")
-def test_default_runtime_keeps_the_fp32_decisions_on_the_example_photos():
-    fp32, auto = Classifier(runtime="torch", bf16=False), Classifier(runtime="auto")
+def test_default_runtime_keeps_the_fp32_decisions_on_the_example_photos(monkeypatch, examples):
+    monkeypatch.delenv("SHOECLASS_RUNTIME", raising=False)  # what a user gets (conftest sets torch)
+    fp32, auto = Classifier(runtime="torch", bf16=False), Classifier()
     assert auto.info["runtime"].startswith(backends.AUTO_ORDER[0])
+    # the photo embeddings (different-products check) agree too: cosine of each photo's two
+    a, b = fp32.predict_tensors(examples)["embedding"], auto.predict_tensors(examples)["embedding"]
+    assert (a * b).sum(1).min() > 0.99
     for photo in sorted(EXAMPLES.glob("*.jpg")):
         a, b = fp32.classify(photo).to_dict(), auto.classify(photo).to_dict()
         thr = dict(zip(OUTPUT_KEYS, fp32.thresholds))
