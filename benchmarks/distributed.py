@@ -155,9 +155,9 @@ def main() -> None:
           f"(features {(frozen + tuned_feats) / 3600:.0f} h, fine-tuning {tuning / 3600:.0f} h)")
     for w in (8, 64):
         all_sharded = total / (w * eff)
-        today = (frozen + tuned_feats) / (w * eff) + tuning  # fine-tuning still on one process
+        unsharded = (frozen + tuned_feats) / (w * eff) + tuning  # fine-tuning on one process
         print(f"  {w:2d} one-thread workers at {eff:.0%} efficiency (measured CPU overhead): {all_sharded / 3600:.1f} h "
-              f"if every stage is sharded; {today / 3600:.1f} h today (fine-tuning on one 1-thread process)")
+              f"if every stage is sharded; {unsharded / 3600:.1f} h with fine-tuning on one 1-thread process")
     print(f"target 2-process speed-up of the feature cache: {speed2p:.2f}x (goal >= 1.6x) {'PASS' if speed2p >= 1.6 else 'FAIL'}")
     print(f"target sharded cache equals 1-process cache: max |diff| {same:g} (goal 0) {'PASS' if same == 0 else 'FAIL'}")
 

@@ -16,13 +16,14 @@ import logging
 import os
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
 from .runtime import default_device
 
 __all__ = ["setup", "cleanup", "is_distributed", "rank", "world_size", "is_main", "barrier", "device",
-           "shard", "unshard", "all_sum", "launched"]
+           "shard", "unshard", "all_sum", "gather_rows", "launched"]
 
 logger = logging.getLogger(__name__)
 
@@ -87,12 +88,26 @@ def device() -> torch.device:
 
 
 def all_sum(x: torch.Tensor) -> torch.Tensor:
-    """``x`` summed over all ranks (``x`` itself on one process)."""
+    """``x`` summed over all ranks (``x`` itself on one process), on ``x``'s device."""
     if not is_distributed():
         return x
-    x = x.clone()
-    dist.all_reduce(x)
-    return x
+    y = x.to(device(), copy=True)  # NCCL reduces GPU tensors only
+    dist.all_reduce(y)
+    return y.to(x.device)
+
+
+def gather_rows(part: np.ndarray, total: int) -> np.ndarray:
+    """The inverse of :func:`shard` for arrays, on every rank: ``part`` holds this rank's rows
+    ``r, r+N, …`` of ``total``; returns all ``total`` rows in input order (``part`` on one process).
+    For float arrays (float16 travels as float32).
+
+    Each rank fills its rows of a zero array and the arrays are summed: adding zeros is exact, so
+    the result is bit for bit the rows each rank computed."""
+    if not is_distributed():
+        return part
+    full = np.zeros((total, *part.shape[1:]), np.float64 if part.dtype == np.float64 else np.float32)
+    full[rank()::world_size()] = part
+    return all_sum(torch.from_numpy(full)).numpy().astype(part.dtype, copy=False)
 
 
 def shard(items: Sequence, r: int | None = None, n: int | None = None) -> list:

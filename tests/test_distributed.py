@@ -1,6 +1,6 @@
-"""Distributed runs give what one process gives: heads trained by 2 ranks (gloo, 127.0.0.1) equal
-the heads of 1 process, and classify-batch under torchrun writes the same JSON lines; resuming a
-killed batch finishes it without redoing or losing items."""
+"""Distributed runs give what one process gives: heads, lenet and a fine-tuned trunk tail trained by
+2 ranks (gloo, 127.0.0.1) equal those of 1 process, and classify-batch under torchrun writes the
+same JSON lines; resuming a killed batch finishes it without redoing or losing items."""
 from __future__ import annotations
 
 import json
@@ -11,6 +11,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -18,7 +19,7 @@ from safetensors.torch import load_file
 from shoeclass import distributed
 from shoeclass.batch import classify_batch, read_items
 from shoeclass.checkpoint import save_checkpoint
-from shoeclass.models import ModelConfig, build_model
+from shoeclass.models import ModelConfig, build_model, build_trunk
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -82,6 +83,124 @@ def test_heads_trained_by_two_ranks_equal_one_process(tmp_path):
     for k in a:
         # Same global batches, gradients averaged by DDP: equal up to float32 summation order.
         torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5, msg=f"{k} differs between 1 and 2 processes")
+
+
+# lenet (end to end, on the tiny dataset's photos) and a fine-tuned EfficientNet-Lite0 tail with
+# heads (random weights, 16 generated 64-pixel photos, street-like views on) for 2 epochs each: the
+# run writes each one's resume state (rank 0 only) into OUT/lenet and OUT/tune.
+TRAIN_SCRIPT = textwrap.dedent("""
+    import sys
+    from pathlib import Path
+    import numpy as np, torch
+    from shoeclass import distributed
+    from shoeclass.labels import read_labels
+    from shoeclass.metrics import val_score
+    from shoeclass.models import Heads, ModelConfig, build_trunk
+    from shoeclass.training import lenet
+    from shoeclass.training.config import TrainConfig
+    from shoeclass.training.finetune import tune_trunk
+    from shoeclass.training.frozen import heads_loss
+
+    out, data = Path(sys.argv[1]), sys.argv[2]
+    distributed.setup()
+    build = lenet.build_model
+    def no_dropout(cfg):  # dropout masks are each rank's own: the one thing 2 ranks cannot share
+        model = build(cfg)
+        for m in model.modules():
+            if isinstance(m, torch.nn.Dropout):
+                m.p = 0.0
+        return model
+    lenet.build_model = no_dropout
+    try:
+        table = read_labels(data)
+        splits = {s: table.subset(table.split == s) for s in ("train", "val", "test")}
+        torch.manual_seed(0)
+        cfg = TrainConfig(model=ModelConfig(backbone="lenet", lenet_width=8), batch_size=8, epochs=2,
+                          patience=100, optimizer="sgd", lr=0.05, seed=5, out=str(out / "lenet"),
+                          cache_dir=str(out / "cache"), progress=False)
+        lenet.train_lenet(cfg, splits)  # 24 photos: 3 global batches of 8 per epoch
+    finally:
+        lenet.build_model = build
+
+    rng = np.random.default_rng(0)
+    px = rng.integers(0, 256, size=(24, 64, 64, 3), dtype=np.uint8)
+    px[:, :8], px[:, -8:] = 255, 255  # a white studio background for the street-like views to replace
+    y = (rng.random((24, 14)) < 0.4).astype(np.float32)
+    y[rng.random((24, 14)) < 0.3] = 0.5
+    gate, suit = rng.integers(-1, 3, size=24), np.where(rng.random((24, 14)) < 0.5, 0.5, 1.0).astype(np.float32)
+    torch.manual_seed(0)
+    trunk = build_trunk("efficientnet_lite0", None, tuned_blocks=1)
+    heads = Heads(trunk.dim, ModelConfig(n_clusters=3, suitability=True))
+    cfg = TrainConfig(tune_epochs=2, tune_lr=1e-3, tune_size=48, tune_batch=6, seed=7, wild_aug=0.5,
+                      out=str(out / "tune"), progress=False)
+    mean, std = torch.full((1, 3, 1, 1), 0.5), torch.full((1, 3, 1, 1), 0.25)
+    tune_trunk(trunk, heads, px[:16], y[:16], np.linspace(0.5, 1.5, 16).astype(np.float32), px[16:], y[16:], cfg,
+               mean=mean, std=std, gate=gate[:16], suit=suit[:16], loss_fn=heads_loss, score_fn=val_score,
+               wild=np.arange(16) % 2 == 0, backgrounds=px[16:])
+    distributed.cleanup()
+""")
+
+
+@pytest.fixture(scope="module")
+def trained_by_one_and_two(tiny_dataset, tmp_path_factory) -> tuple[Path, Path]:
+    """The out folders of TRAIN_SCRIPT run by one process (here) and by 2 torchrun ranks."""
+    tmp = tmp_path_factory.mktemp("ddp_train")
+    script = tmp / "train.py"
+    script.write_text(TRAIN_SCRIPT)
+    one, two = tmp / "one", tmp / "two"
+    argv, threads = sys.argv, torch.get_num_threads()
+    sys.argv, _ = [str(script), str(one), str(tiny_dataset)], torch.set_num_threads(1)  # as each torchrun rank
+    try:
+        runpy.run_path(str(script), run_name="__main__")
+    finally:
+        sys.argv, _ = argv, torch.set_num_threads(threads)
+    proc = subprocess.run(_torchrun(2, str(script), str(two), str(tiny_dataset)), env=_env(), timeout=180,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return one, two
+
+
+def _state(folder: Path, name: str) -> dict:
+    return torch.load(folder / name, map_location="cpu", weights_only=True)
+
+
+def test_lenet_trained_by_two_ranks_equals_one_process(trained_by_one_and_two):
+    one, two = trained_by_one_and_two
+    caches = sorted(p.name for p in (one / "cache").iterdir())
+    assert len(caches) == 3 and sorted(p.name for p in (two / "cache").iterdir()) == caches  # no part left
+    for name in caches:  # the pixel caches the 2 ranks decoded into one file each
+        assert np.array_equal(np.load(one / "cache" / name), np.load(two / "cache" / name))
+    a, b = (_state(f / "lenet", "train_state.pt") for f in trained_by_one_and_two)
+    assert a["epoch"] == b["epoch"] == 1
+    assert not any(p.name.endswith(".tmp") for p in (two / "lenet").iterdir())
+    torch.manual_seed(0)
+    start = build_model(ModelConfig(backbone="lenet", lenet_width=8)).state_dict()
+    assert (a["model"]["trunk.fc.0.weight"] - start["trunk.fc.0.weight"]).abs().max() > 1e-4  # it trained
+    for k, v in a["model"].items():
+        # Same global batches and views; batch norm on the global batch's statistics; DDP averages
+        # the gradients: the weights agree to ~1e-8 (float32 sums in another order). The running
+        # statistics agree to below 1e-4 relative: one process's CPU batch norm accumulates a
+        # channels-last batch in float32, the ranks' sums are float64. SGD, not Adam: Adam's first
+        # step is lr·sign(g) per weight, so a weight whose gradient is rounding noise (lenet's conv
+        # biases, which batch norm cancels: true gradient 0) moves by ±lr by chance, on 1 or 2
+        # processes alike (with Adam the weights differ by up to lr here).
+        torch.testing.assert_close(b["model"][k], v, rtol=1e-4, atol=1e-5, msg=f"lenet {k} differs")
+    assert b["model"]["trunk.features.1.num_batches_tracked"] == 6  # 2 epochs of 3 global batches
+    assert [h["val_mean_balanced_accuracy"] for h in b["history"]] == [h["val_mean_balanced_accuracy"] for h in a["history"]]
+
+
+def test_fine_tuning_by_two_ranks_equals_one_process(trained_by_one_and_two):
+    a, b = (_state(f / "tune", "tune_state.pt") for f in trained_by_one_and_two)
+    assert len(a["scores"]) == len(b["scores"]) == 3
+    torch.manual_seed(0)
+    start = build_trunk("efficientnet_lite0", None, tuned_blocks=1).tuned_state()
+    assert set(a["trunk"]) == set(start) and not torch.equal(a["trunk"]["body._conv_head.weight"],
+                                                             start["body._conv_head.weight"])
+    for part in ("trunk", "heads"):
+        for k, v in a[part].items():
+            # As for lenet: the same global batches, views and street-like views on every rank, the
+            # loss divided by the global batch's label counts; only summation order differs.
+            torch.testing.assert_close(b[part][k], v, rtol=1e-4, atol=1e-5, msg=f"{part} {k} differs")
 
 
 @pytest.fixture(scope="module")

@@ -24,12 +24,12 @@ KILLER = """
 import os, signal, sys
 from pathlib import Path
 import shoeclass.training.lenet as ti
-state, augment = Path(sys.argv[1]) / "train_state.pt", ti.augment_views
-def hook(x, gen, size):
+state, views = Path(sys.argv[1]) / "train_state.pt", ti.apply_views
+def hook(*args):
     if state.exists():
         os.kill(os.getpid(), signal.SIGKILL)
-    return augment(x, gen, size)
-ti.augment_views = hook
+    return views(*args)
+ti.apply_views = hook
 from shoeclass.cli import main
 sys.exit(main(sys.argv[2:]))
 """

@@ -23,7 +23,7 @@ from PIL import Image
 
 from ..data import SIZE, WHITE, EvalPreset, brighten, square
 
-__all__ = ["TrainPreset", "augment_views", "wild_views", "background_mask"]
+__all__ = ["TrainPreset", "augment_views", "draw_views", "apply_views", "wild_views", "background_mask"]
 
 
 class TrainPreset(EvalPreset):
@@ -60,18 +60,32 @@ def augment_views(x: torch.Tensor, gen: torch.Generator, size: int) -> torch.Ten
     """Random views of (B, 3, H, W) photos in [0, 1], resampled to ``size``: a crop keeping
     50–100 % of the area, horizontal flip, rotation up to ±15°, brightness and contrast ±25 %.
     Areas outside the photo are white, like the padding of the preprocessing."""
-    b, dev = x.shape[0], x.device
+    return apply_views(x, draw_views(x.shape[0], gen), size)
+
+
+def draw_views(b: int, gen: torch.Generator) -> torch.Tensor:
+    """(B, 7) random view parameters of :func:`augment_views` (scale, angle, flip, centre x and y,
+    brightness, contrast). Drawn apart from the pixels so that under torchrun every rank draws a
+    whole global batch's views from the same generator and applies only its own rows'."""
     scale = torch.empty(b).uniform_(0.5, 1.0, generator=gen).sqrt()
     angle = torch.empty(b).uniform_(-math.pi / 12, math.pi / 12, generator=gen)
     flip = torch.where(torch.rand(b, generator=gen) < 0.5, -1.0, 1.0)
     cx = torch.empty(b).uniform_(-1, 1, generator=gen) * (1 - scale)
     cy = torch.empty(b).uniform_(-1, 1, generator=gen) * (1 - scale)
+    bright = torch.empty(b).uniform_(0.75, 1.25, generator=gen)
+    contrast = torch.empty(b).uniform_(0.75, 1.25, generator=gen)
+    return torch.stack([scale, angle, flip, cx, cy, bright, contrast], 1)  # (B, 7)
+
+
+def apply_views(x: torch.Tensor, draws: torch.Tensor, size: int) -> torch.Tensor:
+    """The views ``draws`` (from :func:`draw_views`, one row per photo) of (B, 3, H, W) photos."""
+    b, dev = x.shape[0], x.device
+    scale, angle, flip, cx, cy, bright, contrast = draws.unbind(1)
     cos, sin = torch.cos(angle) * scale, torch.sin(angle) * scale
     theta = torch.stack([torch.stack([cos * flip, -sin, cx], 1), torch.stack([sin * flip, cos, cy], 1)], 1).to(dev)
     grid = F.affine_grid(theta, [b, 3, size, size], align_corners=False)
     x = F.grid_sample(x - 1, grid, mode="bilinear", align_corners=False, padding_mode="zeros") + 1  # white outside
-    bright = torch.empty(b, 1, 1, 1).uniform_(0.75, 1.25, generator=gen).to(dev)
-    contrast = torch.empty(b, 1, 1, 1).uniform_(0.75, 1.25, generator=gen).to(dev)
+    bright, contrast = bright.view(b, 1, 1, 1).to(dev), contrast.view(b, 1, 1, 1).to(dev)
     mean = x.mean((1, 2, 3), keepdim=True)
     return ((x - mean) * contrast + mean * bright).clamp(0, 1)
 

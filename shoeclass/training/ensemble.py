@@ -7,6 +7,9 @@ fitted here on validation for the ensemble.
 
 Averaging members and mirror views separates present from absent better than any one model: the
 measured trade-off between mean accuracy and balanced accuracy is in BENCHMARKS.md.
+
+Under torchrun the members train one after another, each on all ranks (``run.train``); the
+ensemble's outputs are computed per shard of photos and gathered, and rank 0 writes the folder.
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ import numpy as np
 import torch
 import yaml
 
+from .. import distributed
 from ..checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from ..data import EvalPreset, preprocess_config, table_outputs
 from ..hierarchy import AttributeClusters
@@ -38,12 +42,17 @@ logger = logging.getLogger(__name__)
 
 
 def _outputs(net: torch.nn.Module, table: LabelTable, preset: EvalPreset, progress: bool) -> dict[str, np.ndarray]:
-    """Every output of ``net`` for every photo of ``table``, as inference computes it (bf16 where native)."""
+    """Every output of ``net`` for every photo of ``table``, as inference computes it (bf16 where
+    native). Under torchrun each rank computes photos r, r+N, … and every rank gets all rows."""
     def run(x: torch.Tensor) -> dict[str, np.ndarray]:
         with torch.inference_mode(), autocast(None):
             return {k: v.float().numpy() for k, v in net(x.contiguous(memory_format=torch.channels_last)).items()}
 
-    return table_outputs(run, table, preset, batch_size=32, progress=progress)
+    if 0 < len(table) < distributed.world_size():  # a rank without photos would not know the outputs to gather
+        raise ValueError(f"{len(table)} photos cannot be shared by {distributed.world_size()} processes")
+    part = table.subset(np.arange(distributed.rank(), len(table), distributed.world_size()))
+    out = table_outputs(run, part, preset, batch_size=32, progress=progress and distributed.is_main())
+    return {k: distributed.gather_rows(v, len(table)) for k, v in sorted(out.items())}
 
 
 def build_ensemble(members: list[str | Path], out: str | Path, data: str | Path, flip: bool = True,
@@ -123,8 +132,11 @@ def fit_ensemble(net: EnsembleNet, first: dict, training: dict, data: str | Path
             "decision": decision.to_dict(),
             "training": {**training, "history": history, "data": data_summary(table)},
             "metrics": {"test": json_safe(metrics)}}
-    folder = save_checkpoint(net, out, meta)
-    finish_folder(folder)
+    folder = Path(out)
+    if distributed.is_main():  # every rank fitted the same decision layer; one writes the folder
+        save_checkpoint(net, folder, meta)
+        finish_folder(folder)
+    distributed.barrier()
     return folder
 
 
@@ -187,6 +199,9 @@ def train_ensemble(path: str | Path, overrides: dict | None = None) -> Path:
         folders.append(folder)
     cfg = load_config(path.parent / raw["base"], overrides)
     folder = build_ensemble(folders, out, cfg.data, flip=bool(raw.get("flip", True)), progress=cfg.progress)
-    (folder / "config.yaml").write_text(yaml.safe_dump({**raw, "out": str(out), "overrides": overrides}, sort_keys=False))
-    finish_folder(folder)
+    if distributed.is_main():
+        (folder / "config.yaml").write_text(yaml.safe_dump({**raw, "out": str(out), "overrides": overrides},
+                                                           sort_keys=False))
+        finish_folder(folder)
+    distributed.barrier()
     return folder

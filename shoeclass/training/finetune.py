@@ -16,7 +16,9 @@ blocks adapts the features to shoes at a cost a CPU can afford:
   batches are small and the resolution differs;
 - class weights are capped at 10×: the rarest outputs' positives would otherwise dominate the
   gradient of the trunk;
-- every epoch ends with a checkpoint, so an interrupted run resumes from its last complete epoch.
+- every epoch ends with a checkpoint, so an interrupted run resumes from its last complete epoch;
+- under torchrun the ranks share every global batch and train as one process would (``ddp.py``);
+  rank 0 writes the checkpoints.
 """
 from __future__ import annotations
 
@@ -29,11 +31,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .. import distributed
 from ..attributes import HEIGHT_KEYS, MASK, OUTPUT_KEYS
 from ..labels import class_weights
 from ..models import Trunk
-from ..runtime import autocast, default_device
-from .augment import augment_views, wild_views
+from ..runtime import autocast
+from .augment import apply_views, draw_views, wild_views
+from .ddp import global_batches, mine, seed_dropout, wrap
 from .pixels import pixels_to_tensor
 
 __all__ = ["pixel_features", "tune_trunk"]
@@ -53,16 +57,54 @@ def pixel_features(trunk: Trunk, pixels: np.ndarray | torch.Tensor, mean: torch.
                    batch: int = 128, progress: bool = False) -> np.ndarray:
     """(N, D) float32 pooled trunk features (eval mode, bf16 where supported) of cached
     (N, H, W, 3) uint8 pixels, computed on the trunk's device; ``mean``/``std`` are the
-    backbone's (1, 3, 1, 1) normalisation."""
+    backbone's (1, 3, 1, 1) normalisation. Under torchrun every rank calls it with the same
+    photos: each computes its shard (rows r, r+N, …) and every rank gets all rows."""
     trunk.eval()
     dev = next(trunk.parameters()).device
     mean, std = mean.to(dev), std.to(dev)
-    out = np.empty((len(pixels), trunk.dim), dtype=np.float32)
+    part = pixels[mine()]
+    out = np.empty((len(part), trunk.dim), dtype=np.float32)
     with torch.inference_mode(), autocast(device=dev):
-        for i in tqdm(range(0, len(pixels), batch), desc="features", disable=not progress):
-            x = _normalize(pixels_to_tensor(pixels[i:i + batch], dev), mean, std)
+        for i in tqdm(range(0, len(part), batch), desc="features", disable=not (progress and distributed.is_main())):
+            x = _normalize(pixels_to_tensor(part[i:i + batch], dev), mean, std)
             out[i:i + batch] = trunk(x).float().cpu().numpy()
-    return out
+    return distributed.gather_rows(out, len(pixels))
+
+
+class _TailHeads(torch.nn.Module):
+    """The trained part, the trunk's tail and the heads (the module DDP wraps): the stem's map -> outputs."""
+
+    def __init__(self, trunk: Trunk, heads: torch.nn.Module) -> None:
+        super().__init__()
+        self.trunk, self.heads = trunk, heads
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.heads(self.trunk.tail(x))
+
+
+def _wild(x: torch.Tensor, yb: torch.Tensor, sb: torch.Tensor | None, pixels, sel: np.ndarray,
+          wild: torch.Tensor, p: float, bg: torch.Tensor, gen: torch.Generator):
+    """This rank's rows ``x`` of the global batch ``sel`` with the picked catalogue photos made
+    street-like (``augment.wild_views``); a photo whose shaft top is hidden has its height labels
+    masked and is marked unsuitable for them. Every rank draws and makes the views of the whole
+    global batch, so that the generator stays in step on every rank, and keeps its own rows'."""
+    dev = x.device
+    pick = (wild[sel] & (torch.rand(len(sel), generator=gen) < p)).to(dev)  # (B,) of the global batch
+    if not pick.any():
+        return x, yb, sb
+    views, hidden = wild_views(pixels_to_tensor(pixels[sel[pick.cpu().numpy()]], dev), bg, gen)
+    own, slot = pick[mine()], (pick.cumsum(0) - 1)[mine()]  # this rank's rows: picked, and where in views
+    if not own.any():
+        return x, yb, sb
+    x, yb = x.clone(), yb.clone()
+    x[own] = views[slot[own]]
+    rows = own.nonzero()[:, 0][hidden[slot[own]]]
+    heights = torch.tensor(HEIGHTS, device=dev)
+    yb[rows[:, None], heights] = MASK
+    if sb is not None:
+        sb = sb.clone()
+        sb[rows[:, None], heights] = 0.0
+    return x, yb, sb
 
 
 def tune_trunk(trunk: Trunk, heads: torch.nn.Module, pixels: np.ndarray, y: np.ndarray, w: np.ndarray,
@@ -86,15 +128,15 @@ def tune_trunk(trunk: Trunk, heads: torch.nn.Module, pixels: np.ndarray, y: np.n
             photos (catalogue photos), each with probability ``cfg.wild_aug``; a photo whose shaft
             top it hides has its height labels masked and is marked unsuitable for them.
         backgrounds: (K, H, W, 3) uint8 in-the-wild photos, the scenes pasted behind them.
-        device: where to train (default: CUDA when present, else the CPU); ``pixels`` may be a
-            uint8 tensor already there.
+        device: where to train (default: this process's GPU when CUDA is present, else the CPU);
+            ``pixels`` may be a uint8 tensor already there.
 
     Returns:
         A history dict (epochs run, best epoch, validation score per epoch, seconds).
     """
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
-    dev = torch.device(device) if device is not None else default_device()
+    dev = torch.device(device) if device is not None else distributed.device()
     trunk.to(dev)
     heads.to(dev)
     mean, std = mean.to(dev), std.to(dev)
@@ -121,10 +163,10 @@ def tune_trunk(trunk: Trunk, heads: torch.nn.Module, pixels: np.ndarray, y: np.n
     st = torch.from_numpy(suit).to(dev) if suit is not None else None
     wild_t = torch.from_numpy(np.asarray(wild, bool)) if wild_p else None
 
-    def validate() -> float:
+    def validate() -> float:  # the same on every rank: the features are gathered
         heads.eval()
+        feats = torch.from_numpy(pixel_features(trunk, pixels_val, mean, std)).to(dev)
         with torch.inference_mode():
-            feats = torch.from_numpy(pixel_features(trunk, pixels_val, mean, std)).to(dev)
             return score_fn(heads(feats)["logits"].float().cpu().numpy(), y_val)
 
     state_path = Path(cfg.out) / TUNE_STATE
@@ -145,49 +187,44 @@ def tune_trunk(trunk: Trunk, heads: torch.nn.Module, pixels: np.ndarray, y: np.n
     else:
         scores, best_epoch, spent = [validate()], -1, 0.0
         best_state = copy.deepcopy((trunk.tuned_state(), heads.state_dict()))
+    net, n, main = wrap(_TailHeads(trunk, heads)), distributed.world_size(), distributed.is_main()
+    seed_dropout(cfg.seed)
     t0 = time.time() - spent
     for epoch in range(len(scores) - 1, cfg.tune_epochs):
         trunk.eval()  # batch-norm statistics frozen; drop connect off
         heads.train()
         order, losses = torch.randperm(len(y), generator=gen), []
-        for idx in tqdm(order.split(cfg.tune_batch), desc=f"tune epoch {epoch}", disable=not cfg.progress):
-            sel = np.sort(idx.numpy())
-            x = pixels_to_tensor(pixels[sel], dev)  # (B, 3, 224, 224) in [0, 1]
-            yb, sb = yt[sel], None if st is None else st[sel]
+        for sel in tqdm(global_batches(order, cfg.tune_batch), desc=f"tune epoch {epoch}",
+                        disable=not (cfg.progress and main)):
+            rows = sel[mine()]  # this rank's share of the global batch
+            x = pixels_to_tensor(pixels[rows], dev)  # (b, 3, 224, 224) in [0, 1]
+            yb, sb = yt[rows], None if st is None else st[rows]
             if wild_p:  # catalogue photos made street-like; a hidden shaft top masks the heights
-                pick = (wild_t[sel] & (torch.rand(len(sel), generator=gen) < wild_p)).to(dev)
-                if pick.any():
-                    views, hidden = wild_views(x[pick], bg, gen)
-                    x = x.clone()
-                    x[pick] = views
-                    rows = pick.nonzero()[:, 0][hidden]
-                    yb = yb.clone()
-                    yb[rows[:, None], torch.tensor(HEIGHTS, device=dev)] = MASK
-                    if sb is not None:
-                        sb = sb.clone()
-                        sb[rows[:, None], torch.tensor(HEIGHTS, device=dev)] = 0.0
-            x = _normalize(augment_views(x, gen, cfg.tune_size), mean, std)  # (B, 3, S, S)
+                x, yb, sb = _wild(x, yb, sb, pixels, sel, wild_t, wild_p, bg, gen)
+            draws = draw_views(len(sel), gen)  # the whole global batch's views: the same on every rank
+            x = _normalize(apply_views(x, draws[mine()], cfg.tune_size), mean, std)  # (b, 3, S, S)
             with torch.no_grad(), autocast(device=dev):  # the frozen blocks: bf16 is 5× faster here; the tail trains in fp32
                 x = trunk.stem(x).float()
-            out = heads(trunk.tail(x))
-            loss = loss_fn(out, yb, cw, wt[sel], None if gt is None else gt[sel], sb)
+            loss = loss_fn(net(x), yb, cw, wt[rows], None if gt is None else gt[rows], sb)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
             losses.append(loss.item())
         scores.append(validate())
-        logger.info("tune epoch %d loss %.4f val mean balanced accuracy %.4f (%.0f s)", epoch, np.mean(losses),
+        epoch_loss = distributed.all_sum(torch.tensor(np.mean(losses))).item() / n  # as one process's
+        logger.info("tune epoch %d loss %.4f val mean balanced accuracy %.4f (%.0f s)", epoch, epoch_loss,
                     scores[-1], time.time() - t0)
         if scores[-1] > max(scores[:-1]):
             best_epoch, best_state = epoch, copy.deepcopy((trunk.tuned_state(), heads.state_dict()))
-        state_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = state_path.with_suffix(".tmp")
-        torch.save({"trunk": trunk.tuned_state(), "heads": heads.state_dict(), "optimizer": opt.state_dict(),
-                    "scheduler": sched.state_dict(), "generator": gen.get_state(), "scores": scores,
-                    "best_epoch": best_epoch, "best_state": best_state, "seconds": time.time() - t0,
-                    "settings": settings}, tmp)
-        tmp.replace(state_path)  # the previous complete epoch stays loadable until this one is written
+        if main:  # every rank holds the same state; one writes it
+            state_path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = state_path.with_suffix(".tmp")
+            torch.save({"trunk": trunk.tuned_state(), "heads": heads.state_dict(), "optimizer": opt.state_dict(),
+                        "scheduler": sched.state_dict(), "generator": gen.get_state(), "scores": scores,
+                        "best_epoch": best_epoch, "best_state": best_state, "seconds": time.time() - t0,
+                        "settings": settings}, tmp)
+            tmp.replace(state_path)  # the previous complete epoch stays loadable until this one is written
     trunk.load_state_dict(best_state[0], strict=False)
     heads.load_state_dict(best_state[1])
     trunk.requires_grad_(False).eval().cpu()

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .. import distributed
 from ..data import EvalPreset, preprocess_config
 from ..images import ImageError, load_image
 from ..labels import LabelTable, unreadable_photo
@@ -35,15 +36,23 @@ def pixel_cache_path(table: LabelTable, preset: EvalPreset, cache_dir: str | Pat
 def pixel_cache(table: LabelTable, preset: EvalPreset, cache_dir: str | Path, progress: bool = True,
                 size: int = 112) -> np.ndarray:
     """(N, size, size, 3) uint8 preprocessed pixels of every photo, memory-mapped from the cache:
-    224 as preprocessed, or 112, 2×2-averaged as lenet's first layer does."""
+    224 as preprocessed, or 112, 2×2-averaged as lenet's first layer does.
+
+    Under torchrun rank r of N decodes photos r, r+N, … into the one file rank 0 creates (on a
+    file system every rank sees), which rank 0 renames into place once every rank is done."""
     path = pixel_cache_path(table, preset, cache_dir, size)
     if not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp.npy")
-        arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(table), size, size, 3))
-        for i, p in enumerate(tqdm(table.paths(), desc=f"pixels{size}", disable=not progress)):
+        tmp, shape = path.with_suffix(".tmp.npy"), (len(table), size, size, 3)
+        if distributed.is_main():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape).flush()
+        distributed.barrier()
+        arr = np.lib.format.open_memmap(tmp, mode="r+")
+        rows = range(distributed.rank(), len(table), distributed.world_size())
+        paths = table.paths()
+        for i in tqdm(rows, desc=f"pixels{size}", disable=not (progress and distributed.is_main())):
             try:
-                px = preset.pixels(load_image(p))  # (224, 224, 3) uint8
+                px = preset.pixels(load_image(paths[i]))  # (224, 224, 3) uint8
             except ImageError as exc:
                 raise unreadable_photo(table, i, str(exc)) from None
             if size == 112:
@@ -51,7 +60,10 @@ def pixel_cache(table: LabelTable, preset: EvalPreset, cache_dir: str | Path, pr
             arr[i] = px
         arr.flush()
         del arr
-        tmp.replace(path)
+        distributed.barrier()
+        if distributed.is_main():
+            tmp.replace(path)
+        distributed.barrier()
     return np.load(path, mmap_mode="r")
 
 

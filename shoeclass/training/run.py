@@ -5,7 +5,8 @@ computed once and cached (plus augmented views of the training photos), then the
 cluster gate and the suitability heads train on the cached features in seconds. ``lenet`` trains
 end to end (``lenet.py``). Both stop early on the validation split's mean balanced accuracy, then
 calibrate on validation, measure on test and write a model folder whose metadata carries the
-resolved config and the measured metrics.
+resolved config and the measured metrics. Under torchrun every stage shards its photos across the
+ranks (``distributed.py``, ``ddp.py``) and rank 0 alone writes the model folder.
 """
 from __future__ import annotations
 
@@ -51,10 +52,6 @@ def train(cfg: TrainConfig) -> Path:
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     scratch = get_backbone(cfg.model.backbone).kind == "scratch"
-    if distributed.world_size() > 1 and (scratch or cfg.model.tuned_blocks):
-        raise ValueError(f"{'lenet' if scratch else 'model.tuned_blocks > 0 (fine-tuning)'} trains on one process "
-                         "only; under torchrun shoeclass shards the cached trunk features and the heads "
-                         "(model.tuned_blocks: 0)")
     table = read_labels(cfg.data, require_splits=("train", "val"), skip_bad=cfg.skip_bad)  # problems before training
     splits = {s: table.subset(table.split == s) for s in ("train", "val", "test")}
     t0 = time.time()
