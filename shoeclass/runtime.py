@@ -64,12 +64,14 @@ def collect(out: dict[str, np.ndarray], rows: np.ndarray | slice, n: int, batch:
 
 
 def batched(fn: Callable[[Any], dict[str, np.ndarray]], x: Sequence | np.ndarray | torch.Tensor,
-            batch_size: int) -> dict[str, np.ndarray]:
+            batch_size: int, *, progress: bool = False, desc: str = "predict") -> dict[str, np.ndarray]:
     """The one batched predict loop over data in memory: every output of ``fn`` (a batch of ``x``
     -> dict of (b, ...) arrays) over consecutive batches, as (N, ...) arrays, under inference mode.
     Photo files go through ``data.table_outputs``, which fills its outputs the same way."""
+    from tqdm.auto import tqdm  # a progress bar only where asked for (keeps `import shoeclass` light)
+
     out: dict[str, np.ndarray] = {}
     with torch.inference_mode():
-        for i in range(0, len(x), batch_size):
+        for i in tqdm(range(0, len(x), batch_size), desc=desc, disable=not progress):
             collect(out, slice(i, min(i + batch_size, len(x))), len(x), fn(x[i:i + batch_size]))
     return out

@@ -35,7 +35,7 @@ from .. import distributed
 from ..attributes import HEIGHT_KEYS, MASK, OUTPUT_KEYS
 from ..labels import class_weights
 from ..models import Trunk
-from ..runtime import autocast
+from ..runtime import autocast, batched
 from .augment import apply_views, draw_views, wild_views
 from .ddp import global_batches, mine, seed_dropout, wrap
 from .pixels import pixels_to_tensor
@@ -62,13 +62,13 @@ def pixel_features(trunk: Trunk, pixels: np.ndarray | torch.Tensor, mean: torch.
     trunk.eval()
     dev = next(trunk.parameters()).device
     mean, std = mean.to(dev), std.to(dev)
+    def run(px: np.ndarray) -> dict[str, np.ndarray]:
+        with autocast(device=dev):
+            return {"features": trunk(_normalize(pixels_to_tensor(px, dev), mean, std)).float().cpu().numpy()}
+
     part = pixels[mine()]
-    out = np.empty((len(part), trunk.dim), dtype=np.float32)
-    with torch.inference_mode(), autocast(device=dev):
-        for i in tqdm(range(0, len(part), batch), desc="features", disable=not (progress and distributed.is_main())):
-            x = _normalize(pixels_to_tensor(part[i:i + batch], dev), mean, std)
-            out[i:i + batch] = trunk(x).float().cpu().numpy()
-    return distributed.gather_rows(out, len(pixels))
+    out = batched(run, part, batch, progress=progress and distributed.is_main(), desc="features")
+    return distributed.gather_rows(out.get("features", np.empty((0, trunk.dim), np.float32)), len(pixels))
 
 
 class _TailHeads(torch.nn.Module):

@@ -25,6 +25,7 @@ from ..hierarchy import AttributeClusters
 from ..labels import LabelTable, class_weights
 from ..metrics import attribute_metrics, summarize, val_score
 from ..models import build_model, state_checksum
+from ..runtime import batched
 from .augment import TrainPreset
 from .config import TrainConfig, make_optimizer, sample_weights
 from .features import trunk_features
@@ -42,12 +43,7 @@ NF = OUTPUT_KEYS.index("not_footwear")
 def predict_outputs(heads: torch.nn.Module, x: np.ndarray, batch: int = 4096) -> dict[str, np.ndarray]:
     """All head outputs (logits, gate, suitability) for cached features, batched."""
     heads.eval()
-    outs: dict[str, list] = {}
-    with torch.inference_mode():
-        for i in range(0, len(x), batch):
-            for k, v in heads(torch.from_numpy(x[i:i + batch])).items():
-                outs.setdefault(k, []).append(v.numpy())
-    return {k: np.concatenate(v) for k, v in outs.items()}
+    return batched(lambda b: {k: v.numpy() for k, v in heads(torch.from_numpy(b)).items()}, x, batch)
 
 
 def predict_logits(heads: torch.nn.Module, x: np.ndarray) -> np.ndarray:

@@ -24,6 +24,7 @@ from ..data import EvalPreset
 from ..labels import LabelTable, class_weights
 from ..metrics import val_score
 from ..models import build_model
+from ..runtime import batched
 from .augment import apply_views, draw_views
 from .config import TrainConfig, make_optimizer
 from .ddp import global_batches, global_batchnorm, local_batchnorm, mine, seed_dropout, wrap
@@ -53,13 +54,13 @@ def _predict(model: torch.nn.Module, pixels: np.ndarray, mean, std, batch: int =
     and every rank gets all rows."""
     model.eval()
     dev = next(model.parameters()).device
-    part, out = pixels[mine()], [np.empty((0, len(OUTPUT_KEYS)), np.float32)]
-    with torch.inference_mode():
-        for i in range(0, len(part), batch):
-            x = (pixels_to_tensor(part[i:i + batch], dev) - mean) / std
-            z = model.trunk(x.contiguous(memory_format=torch.channels_last), downsampled=True)
-            out.append(model.heads(z)["logits"].float().cpu().numpy())
-    return distributed.gather_rows(np.concatenate(out), len(pixels))
+    def run(px: np.ndarray) -> dict[str, np.ndarray]:
+        x = ((pixels_to_tensor(px, dev) - mean) / std).contiguous(memory_format=torch.channels_last)
+        return {"logits": model.heads(model.trunk(x, downsampled=True))["logits"].float().cpu().numpy()}
+
+    part = pixels[mine()]
+    out = batched(run, part, batch).get("logits", np.empty((0, len(OUTPUT_KEYS)), np.float32))
+    return distributed.gather_rows(out, len(pixels))
 
 
 def _resumable(config: dict) -> dict:
