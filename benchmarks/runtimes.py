@@ -89,8 +89,27 @@ def quantize_int8(onnx_path: Path, calib: torch.Tensor, out: Path) -> Path:
     return out
 
 
+class PlainOpenVino:
+    """OpenVINO as a user would assemble it: the graph compiled for the CPU at one precision, one
+    synchronous request per batch (shoeclass's ``OpenVinoRuntime`` adds the batch split over streams)."""
+
+    name = "openvino"
+
+    def __init__(self, path: Path, bf16: bool) -> None:
+        import openvino as ov
+
+        self.precision = "bf16" if bf16 else "fp32"
+        model = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "bf16" if bf16 else "f32"})
+        self.request, self.names = model.create_infer_request(), [o.get_any_name() for o in model.outputs]
+
+    def __call__(self, x) -> dict[str, np.ndarray]:
+        res = self.request.infer({0: np.ascontiguousarray(np.asarray(x, dtype=np.float32))})
+        return {name: np.array(res[i], dtype=np.float32) for i, name in enumerate(self.names)}
+
+
 def build_runtimes(clf: Classifier, calib: torch.Tensor | None, tmp: Path) -> dict:
-    """Every runtime of the comparison on the loaded network, by name."""
+    """Every runtime of the comparison on the loaded network, by name: PyTorch, and ONNX Runtime
+    and OpenVINO on the exported graph with their plain settings (what a user would assemble)."""
     net, meta = clf.net, clf.meta
     out = {"torch fp32": TorchRuntime(net, False), "torch bf16": TorchRuntime(net, True)}
     if not runtime_available("onnxruntime"):
@@ -98,9 +117,9 @@ def build_runtimes(clf: Classifier, calib: torch.Tensor | None, tmp: Path) -> di
     path = cached_onnx(net, meta)
     out["onnxruntime fp32"] = OnnxRuntime(path)
     if runtime_available("openvino"):
-        out["openvino fp32"] = OpenVinoRuntime(path, bf16=False)
+        out["openvino fp32"] = PlainOpenVino(path, bf16=False)
         if cpu_has_bf16():
-            out["openvino bf16"] = OpenVinoRuntime(path, bf16=True)
+            out["openvino bf16"] = PlainOpenVino(path, bf16=True)
     if calib is not None:
         q = quantize_int8(path, calib, tmp / "int8.onnx")
         out["onnxruntime int8"] = OnnxRuntime(q)
@@ -176,19 +195,19 @@ def stages(clf: Classifier, jpegs: list[bytes], reps: int) -> dict:
         t1 = time.perf_counter()
         x = torch.stack([clf.preset.normalize(p) for p in pix])
         t2 = time.perf_counter()
-        raw = {}
-        for k, v in clf.runtime(x).items():
-            raw[k] = v
+        raw = clf.network_outputs(x)
         t3 = time.perf_counter()
-        probs = clf.decision.photo_probs(raw["logits"], raw.get("gate"))
-        gates = clf.decision.gate_probs(raw["gate"]) if "gate" in raw else None
-        from scipy.special import expit
-        suit = expit(raw["suitability"]) if "suitability" in raw else None
-        fused, cluster = clf.decision.item(probs, gates, suit)
+        out = clf.photo_outputs(raw)  # as Classifier.predict_item runs the decision layer
+        gates = clf.decision.gate_probs(out["gate"]) if "gate" in out else None
+        weights, _ = clf.decision.screen(out["probs"], out.get("suitability"))
+        fused, cluster = clf.decision.item(out["probs"], gates, out.get("suitability"), weights)
+        clf.decision.checks.odd_photo(out.get("embedding"), weights)
+        probs = out["probs"]
         t4 = time.perf_counter()
         tariff = classify_tariff(dict(zip(OUTPUT_KEYS, map(float, fused))), facts, top_k=5,
                                  atypical=tuple(cluster["atypical_firing"]) if cluster else (),
-                                 cluster=cluster["name"] if cluster else None).to_dict()
+                                 cluster=cluster["name"] if cluster else None,
+                                 input_calibration=clf.tariff_inputs).to_dict()
         t5 = time.perf_counter()
         res = ItemResult([PhotoResult(f"p{i}", probs=probs[i]) for i in range(3)], fused, clf.thresholds,
                          cluster=cluster, tariff=tariff, model=clf.info)
@@ -271,8 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     pixels = _pixels(test.paths(), torch_clf.preset)
     print(f"{len(test)} test photos decoded in {time.perf_counter() - t0:.0f} s", flush=True)
-    agree = agreement(torch_clf, {k: v for k, v in runtimes.items() if k != "default (Classifier)"}, pixels)
-    agree["default (Classifier)"] = agree.get(default.info["runtime"], agree.get(REFERENCE))
+    agree = agreement(torch_clf, runtimes, pixels)  # the default's own runtime object too
     del pixels
     for name, a in agree.items():
         print(f"  {name}: decisions agree with fp32 on {a['agreement']:.4f} ({a['changed']} of {a['decisions']} changed)",
