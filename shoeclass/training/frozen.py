@@ -43,7 +43,8 @@ NF = OUTPUT_KEYS.index("not_footwear")
 def predict_outputs(heads: torch.nn.Module, x: np.ndarray, batch: int = 4096) -> dict[str, np.ndarray]:
     """All head outputs (logits, gate, suitability) for cached features, batched."""
     heads.eval()
-    return batched(lambda b: {k: v.numpy() for k, v in heads(torch.from_numpy(b)).items()}, x, batch)
+    dev = next(heads.parameters()).device
+    return batched(lambda b: {k: v.cpu().numpy() for k, v in heads(torch.from_numpy(b).to(dev)).items()}, x, batch)
 
 
 def predict_logits(heads: torch.nn.Module, x: np.ndarray) -> np.ndarray:
@@ -90,12 +91,14 @@ def fit_heads(heads: torch.nn.Module, x: np.ndarray, y: np.ndarray, w: np.ndarra
     t0 = time.time()
     heads.mu.copy_(torch.from_numpy(x.mean(0)))
     heads.sigma.copy_(torch.from_numpy(x.std(0) + 1e-3))
-    cw = torch.from_numpy(class_weights(y, cfg.balance))
+    dev = distributed.device()  # NCCL reduces GPU tensors only: under torchrun on GPUs the heads go there
+    heads.to(dev)
+    cw = torch.from_numpy(class_weights(y, cfg.balance)).to(dev)
     opt = make_optimizer([p for p in heads.parameters() if p.requires_grad], cfg)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.epochs)
-    xt, yt, wt = torch.from_numpy(x), torch.from_numpy(y), torch.from_numpy(w)
-    gt = torch.from_numpy(gate_targets) if gate_targets is not None else None
-    st = torch.from_numpy(suit_targets) if suit_targets is not None else None
+    xt, yt, wt = (torch.from_numpy(a).to(dev) for a in (x, y, w))
+    gt = torch.from_numpy(gate_targets).to(dev) if gate_targets is not None else None
+    st = torch.from_numpy(suit_targets).to(dev) if suit_targets is not None else None
     sampler, local = _row_sampler(len(xt), cfg)
     # Under torchrun every rank holds all cached features and takes its share of each global
     # batch; DDP averages the gradients, so the heads stay identical on every rank.
@@ -109,7 +112,7 @@ def fit_heads(heads: torch.nn.Module, x: np.ndarray, y: np.ndarray, w: np.ndarra
         heads.train()
         losses = []
         sampler.set_epoch(epoch)
-        for idx in torch.tensor(list(sampler)).split(local):  # this rank's rows of each global batch
+        for idx in torch.tensor(list(sampler), device=dev).split(local):  # this rank's rows of each global batch
             loss = heads_loss(net(xt[idx]), yt[idx], cw, wt[idx], None if gt is None else gt[idx],
                               None if st is None else st[idx])
             opt.zero_grad(set_to_none=True)
@@ -129,6 +132,7 @@ def fit_heads(heads: torch.nn.Module, x: np.ndarray, y: np.ndarray, w: np.ndarra
             if bad >= cfg.patience:
                 break
     heads.load_state_dict(best_state)
+    heads.cpu()
     return {"epochs_run": epoch + 1, "best_epoch": best_epoch, "val_mean_balanced_accuracy": best,
             "seconds": round(time.time() - t0, 1)}
 
