@@ -2,9 +2,10 @@
 check of declared codes, on the test split of ../shared/data.
 
 The model folder's material heads (``shoeclass fit-materials``) predict the upper's and the sole's
-material class; the weak labels come from the product texts (texts.csv) through the keyword rules
-of configs/keywords.yaml. Features and attribute outputs of the test photos come from the feature
-cache fit-materials fills (computed here when missing), exactly as inference computes them.
+material class from the photo embedding; the weak labels come from the product texts (texts.csv)
+through the keyword rules of configs/keywords.yaml. Embeddings and attribute outputs of the test
+photos come from the cache fit-materials fills (computed here when missing) by
+``Classifier.predict_tensors``, exactly as inference computes them.
 
 * Upper (and sole) material: balanced accuracy over the classes with >= 10 test photos, the
   confusion matrix and the majority-class baseline.
@@ -16,7 +17,7 @@ cache fit-materials fills (computed here when missing), exactly as inference com
   top leaf with another upper material that changes the heading: the typical mis-declaration)
   flagged (p_consistent < 0.5).
 
-    python benchmarks/materials.py --data ../shared/data [--model weights/default]
+    PYTHONPATH=$PWD python benchmarks/materials.py --data ../shared/data [--model weights/default]
 """
 from __future__ import annotations
 
@@ -27,8 +28,9 @@ import numpy as np
 
 from shoeclass.api import Classifier
 from shoeclass.attributes import OUTPUT_KEYS
+from shoeclass.check import check_code
 from shoeclass.materials import MATERIAL_CLASSES, as_named, tariff_prior
-from shoeclass.tariff import check_code, classify_tariff
+from shoeclass.tariff import classify_tariff
 from shoeclass.training.materials import balanced_accuracy, feature_cache, material_labels
 
 MIN_TEST = 10
@@ -77,7 +79,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0, help="picks the wrong-heading code per photo")
     args = ap.parse_args()
     t0 = time.time()
-    clf = Classifier(args.model)
+    clf = Classifier(args.model, runtime="torch")
     if clf.materials is None:
         raise SystemExit(f"{clf.path} has no material heads: run `shoeclass fit-materials --model {clf.path} "
                          f"--data {args.data}` first")
@@ -85,9 +87,10 @@ def main() -> None:
     test = table.split == "test"
     tt = table.subset(test)
     out = feature_cache(clf, tt, args.cache, progress=False)
-    mp = clf.materials.photo_probs(out["features"])
+    mp = clf.materials.photo_probs(out["embedding"])
     print(f"model {clf.path} ({clf.info['members']} member(s)); material heads: "
-          f"{ {p: list(h.classes) for p, h in clf.materials.parts.items()} }, reduction {clf.materials.reduction}")
+          f"{ {p: list(h.classes) for p, h in clf.materials.parts.items()} } on the {out['embedding'].shape[1]}-d "
+          f"photo embedding, fitted on {clf.materials.info.get('train_photos')} train photos")
     measured = {"upper_balanced_accuracy": part_report("upper", mp["upper"], labels["upper"][test],
                                                        labels["upper"][table.split == "train"])}
     if "sole" in mp:
@@ -96,7 +99,7 @@ def main() -> None:
     # Attributes per photo as classify computes them for a one-photo item.
     probs = clf.decision.photo_probs(out["logits"], out.get("gate"))
     gates = clf.decision.gate_probs(out["gate"]) if "gate" in out else None
-    suit = 1 / (1 + np.exp(-out["suitability"])) if "suitability" in out else None
+    suit = out.get("suitability")  # already a probability (predict_tensors)
     sole_train = labels["sole"][table.split == "train"]
     freq = np.bincount(sole_train[sole_train >= 0], minlength=len(MATERIAL_CLASSES["sole"]))
     sole_prior = dict(zip(MATERIAL_CLASSES["sole"], (freq / freq.sum()).tolist()))
@@ -115,20 +118,20 @@ def main() -> None:
         sole = {MATERIAL_CLASSES["sole"][s]: 1.0} if s >= 0 else sole_prior
 
         def reference(upper: str):
-            return classify_tariff(eye_probs, prior=tariff_prior({"upper": {upper: 1.0}, "sole": sole}))
+            return classify_tariff(eye_probs, priors=tariff_prior({"upper": {upper: 1.0}, "sole": sole}))
 
         true_upper = upper_names[labels["upper"][test][i]]
         ref = reference(true_upper)
-        pred = classify_tariff(item, prior=photo_prior)
+        pred = classify_tariff(item, priors=photo_prior)
         h = headings(pred.candidates_4)  # empty when the model says not footwear: a disagreement
         top1 += h[:1] == [ref.candidates_4[0].code]
         top2 += ref.candidates_4[0].code in h[:2]
-        consistent += check_code(item, ref.top_code, prior=photo_prior)["p_consistent"] >= 0.5
+        consistent += check_code(item, ref.top_code, priors=photo_prior)["p_consistent"] >= 0.5
         wrong = [r for r in (reference(u) for u in heads_upper if u != true_upper)
                  if r.candidates_4[0].code != ref.candidates_4[0].code]
         if wrong:
             n_wrong += 1
-            flagged += check_code(item, wrong[rng.integers(len(wrong))].top_code, prior=photo_prior)["p_consistent"] < 0.5
+            flagged += check_code(item, wrong[rng.integers(len(wrong))].top_code, priors=photo_prior)["p_consistent"] < 0.5
     n = len(eye)
     print(f"\nheading and check: {n} test photos with by-eye attributes and a text-named upper "
           f"({int((labels['sole'][test][eye] >= 0).sum())} with a text-named sole)")

@@ -162,3 +162,11 @@ def test_fit_materials_then_classify_shows_materials_and_checks_a_code(tiny_mode
         classify_images(photo, model=model, declared={"code": "123"})
     assert cli(["check", "--code", "6404199000", photo, "--model", str(model)]) == 0
     assert "declared code 6404199000" in capsys.readouterr().out
+    from shoeclass._card import card_problem
+
+    bad = json.loads((model / "model.json").read_text())
+    bad["materials"]["parts"]["upper"]["classes"] = ["leather", "wood_cork"]  # a sole class on the upper
+    assert card_problem(bad)[0] == "materials.parts.upper.classes"
+    (model / "model.json").write_text(json.dumps(bad))  # the card checksum covers the heads' section
+    with pytest.raises(CheckpointError, match="materials"):
+        load_checkpoint(model)
