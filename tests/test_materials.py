@@ -43,6 +43,9 @@ def rules():
     ("Резиновые сапоги", "rubber_plastics", "rubber_plastics"),
     ("Валенки детские", "textile", "textile"),
     ("Pumps with a stiletto heel", None, None),
+    ("Faux crinkle leather upper in a platform pump", "rubber_plastics", None),
+    ("Slide sandal with a clear upper.Available Colors: Black Leather/Black, Clear/Clear", "rubber_plastics", None),
+    ("Stiletto slide.Available Colors: Black Leather/Black, Clear/Clear", None, None),  # other versions' materials
 ])
 def test_material_rules_en_ru(rules, text, upper, sole):
     assert rules.materials(text)[0] == {"upper": upper, "sole": sole}
