@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections import Counter
 
 import numpy as np
 
@@ -106,6 +107,7 @@ def main() -> None:
     eye = np.flatnonzero((tt.origin == "eye") & (labels["upper"][test] >= 0) & (tt.y[:, OUTPUT_KEYS.index("not_footwear")] == 0))
     rng = np.random.default_rng(args.seed)
     top1 = top2 = consistent = flagged = n_wrong = 0
+    why: Counter = Counter()
     upper_names = MATERIAL_CLASSES["upper"]
     heads_upper = list(clf.materials.parts["upper"].classes)
     for i in eye:
@@ -126,7 +128,10 @@ def main() -> None:
         h = headings(pred.candidates_4)  # empty when the model says not footwear: a disagreement
         top1 += h[:1] == [ref.candidates_4[0].code]
         top2 += ref.candidates_4[0].code in h[:2]
-        consistent += check_code(item, ref.top_code, priors=photo_prior)["p_consistent"] >= 0.5
+        verdict = check_code(item, ref.top_code, priors=photo_prior)
+        consistent += verdict["p_consistent"] >= 0.5
+        for c in verdict["conflicts"][:1]:  # what most often makes a true code look inconsistent
+            why[", ".join(sorted(c.get("needs") or c["excludes"]))] += 1
         wrong = [r for r in (reference(u) for u in heads_upper if u != true_upper)
                  if r.candidates_4[0].code != ref.candidates_4[0].code]
         if wrong:
@@ -141,6 +146,7 @@ def main() -> None:
     measured["check_wrong_heading_flagged"] = flagged / max(n_wrong, 1)
     print(f"heading top-1 agreement {top1}/{n}, top-2 {top2}/{n}; true code consistent {consistent}/{n}; "
           f"wrong-heading code flagged {flagged}/{n_wrong}")
+    print("weakest conflict of true codes judged inconsistent, by variable:", dict(why.most_common()))
     print(f"wall time {time.time() - t0:.0f} s")
     for name, goal in GOALS.items():
         v = measured[name]

@@ -168,7 +168,7 @@ def cmd_fit_materials(args: argparse.Namespace) -> int:
     from .training.materials import fit_materials
 
     section = fit_materials(args.model, args.data, cache_dir=args.cache,
-                            progress=not args.no_progress, max_train=args.max_train)
+                            progress=not args.no_progress, max_train=args.max_train, balanced=not args.unbalanced)
     print(f"material heads written to {section['path']}")
     print(json.dumps(section["metrics"], indent=2))
     return 0
@@ -321,6 +321,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="dataset folder with labels.csv and texts.csv")
     p.add_argument("--cache", default=".cache/materials", help="photo embedding cache folder")
     p.add_argument("--max-train", type=int, help="fit on at most this many train photos, those already cached first (CPU budget)")
+    p.add_argument("--unbalanced", action="store_true",
+                   help="weigh classes as often as the texts name them (default: equally)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_fit_materials)
 

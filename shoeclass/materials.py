@@ -140,6 +140,7 @@ class MaterialHeads:
         tmp = folder / (TENSORS + ".tmp")
         save_file({k: np.ascontiguousarray(v, dtype=np.float32) for k, v in tensors.items()}, str(tmp))
         tmp.replace(folder / TENSORS)
+        (folder / TENSORS).chmod(0o644)  # safetensors writes 0600; the model folder ships readable
         return {**self.info, "file": TENSORS, "sha256": _sha256(folder / TENSORS), "dim": int(self.mu.size),
                 "parts": {part: {"classes": list(h.classes), "temperature": float(h.temperature),
                                  "priors": [float(v) for v in h.priors], "rho": float(h.rho)}

@@ -138,12 +138,13 @@ def balanced_accuracy(pred: np.ndarray, true: np.ndarray, classes: list[int]) ->
     return float(np.mean([(pred[true == c] == c).mean() for c in classes]))
 
 
-def _fit_softmax(x: np.ndarray, t: np.ndarray, k: int, l2: float, epochs: int = 300) -> tuple[np.ndarray, np.ndarray]:
-    """Class-balanced softmax regression (full batch L-BFGS) on standardised features."""
+def _fit_softmax(x: np.ndarray, t: np.ndarray, k: int, l2: float, epochs: int = 300,
+                 balanced: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Softmax regression (full batch L-BFGS) on standardised features, class-balanced or not."""
     torch.manual_seed(0)
     xt, tt = torch.from_numpy(x), torch.from_numpy(t)
     counts = np.bincount(t[t >= 0], minlength=k).astype(np.float64)
-    w_cls = torch.tensor(counts.sum() / (k * np.maximum(counts, 1)), dtype=torch.float32)
+    w_cls = torch.tensor(counts.sum() / (k * np.maximum(counts, 1)), dtype=torch.float32) if balanced else None
     lin = torch.nn.Linear(x.shape[1], k)
     torch.nn.init.zeros_(lin.weight)
     opt = torch.optim.LBFGS(lin.parameters(), lr=1.0, max_iter=epochs, history_size=20, line_search_fn="strong_wolfe")
@@ -158,10 +159,15 @@ def _fit_softmax(x: np.ndarray, t: np.ndarray, k: int, l2: float, epochs: int = 
     return lin.weight.detach().numpy().T.copy(), lin.bias.detach().numpy().copy()
 
 
+L2_GRID = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0)  # strong: 7,680 features, a few thousand noisy labels
+
+
 def fit_heads(x: np.ndarray, labels: dict[str, np.ndarray], split: np.ndarray, rho: float,
-              min_train: int = 40, l2_grid: tuple[float, ...] = (1e-4, 1e-3, 1e-2)) -> tuple[MaterialHeads, dict]:
+              min_train: int = 40, l2_grid: tuple[float, ...] = L2_GRID,
+              balanced: bool = True) -> tuple[MaterialHeads, dict]:
     """Fit both parts' heads on the train rows of (N, D) photo embeddings ``x``, choose the L2
-    strength by validation balanced accuracy and fit the temperature on validation.
+    strength by validation balanced accuracy and fit the temperature on validation. ``balanced``
+    weighs the classes equally in the loss (else as often as the texts name them).
 
     Classes with fewer than ``min_train`` train labels (or none in validation) get no output.
     Returns the heads and a summary (class counts per split, validation and test metrics)."""
@@ -185,7 +191,7 @@ def fit_heads(x: np.ndarray, labels: dict[str, np.ndarray], split: np.ndarray, r
         t = remap[lab]  # -1: masked or a class without an output
         best = None
         for l2 in l2_grid:
-            w, b = _fit_softmax(z[tr], t[tr], len(keep), l2)
+            w, b = _fit_softmax(z[tr], t[tr], len(keep), l2, balanced=balanced)
             pred = (z[va] @ w + b).argmax(1)
             score = balanced_accuracy(pred[t[va] >= 0], t[va][t[va] >= 0], list(range(len(keep))))
             logger.info("%s l2=%g val balanced accuracy %.4f", part, l2, score)
@@ -207,7 +213,8 @@ def fit_heads(x: np.ndarray, labels: dict[str, np.ndarray], split: np.ndarray, r
 
 
 def fit_materials(model: str | Path | None, data: str | Path, cache_dir: str | Path = ".cache/materials",
-                  progress: bool = True, max_train: int | None = None, min_train: int = 40) -> dict:
+                  progress: bool = True, max_train: int | None = None, min_train: int = 40,
+                  balanced: bool = True) -> dict:
     """Fit the material heads of a model folder and store them there (``materials.safetensors``
     and the ``materials`` section of its card, resealed); returns that section plus its ``path``.
     ``max_train`` fits on at most that many train photos (CPU budget: those already in the feature
@@ -231,9 +238,9 @@ def fit_materials(model: str | Path | None, data: str | Path, cache_dir: str | P
     fusion = (clf.meta.get("decision") or {}).get("fusion")
     # The attributes' photo correlation (median over outputs): the same photos, the same dependence.
     rho = float(np.median(fusion["rho"])) if fusion else 1.0
-    heads, summary = fit_heads(out["embedding"], labels, table.split, rho, min_train=min_train)
+    heads, summary = fit_heads(out["embedding"], labels, table.split, rho, min_train=min_train, balanced=balanced)
     heads.info = {"model_sha256": clf.meta["sha256"], "data": Path(data).name, "photos": int(len(table)),
-                  "train_photos": int((table.split == "train").sum()), "max_train": max_train,
+                  "train_photos": int((table.split == "train").sum()), "max_train": max_train, "balanced": balanced,
                   "rules": "configs/keywords.yaml materials", "metrics": summary}
     section = heads.save(clf.path)
     update_card(clf.path, {"materials": section})
