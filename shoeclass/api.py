@@ -20,6 +20,7 @@ from scipy.special import expit
 from .attributes import OUTPUT_KEYS
 from .backends import load_runtime
 from .blank import blank_problem
+from .check import check_code, normalise_code
 from .checkpoint import load_checkpoint, resolve_path
 from .data import EvalPreset
 from .decision import DecisionLayer
@@ -29,7 +30,6 @@ from .materials import MaterialHeads, as_named, tariff_prior
 from .models import Heads
 from .result import ItemResult, PhotoResult
 from .runtime import autocast, prepare_for_inference
-from .check import check_code, normalise_code
 from .tariff import classify_tariff
 
 __all__ = ["Classifier", "classify_images", "check_arguments", "split_code", "Cancelled"]
@@ -168,7 +168,7 @@ class Classifier:
     def predict_item(self, photos: list[PhotoResult], x: torch.Tensor | None, facts: DeclaredFacts, top_k: int,
                      stop: threading.Event | None = None, code: str | None = None) -> ItemResult:
         """The network, fusion and tariff for the batch :meth:`prepare` made (fills ``photos`` in);
-        ``code``: a declared 10-digit code to check (:func:`~shoeclass.tariff.check_code`)."""
+        ``code``: a declared 10-digit code to check (:func:`~shoeclass.check.check_code`)."""
         ok = [p for p in photos if p.error is None]
         if x is None or not ok:
             return ItemResult(photos, None, self.thresholds, model=self.info)

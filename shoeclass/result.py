@@ -96,7 +96,7 @@ class ItemResult:
     set_aside: list[dict] = field(default_factory=list)
     review: dict | None = None  # item-level reason for review (photos of different products)
     materials: dict | None = None  # fused {"upper": {class: p}, "sole": {class: p}}
-    check: dict | None = None  # tariff.check_code of a declared code
+    check: dict | None = None  # check.check_code of a declared code
 
     @property
     def matrix(self) -> np.ndarray:

@@ -361,7 +361,7 @@ def test_a_request_over_its_deadline_is_stopped(strict_url, clf, photos, monkeyp
     base, _ = strict_url
     seen = {}
 
-    def slow(photos_, x, facts, top_k, stop):
+    def slow(photos_, x, facts, top_k, stop, code=None):
         seen["stopped"] = stop.wait(10)  # a classification that would run for 10 s
         raise RuntimeError("not reached in time")
 
@@ -380,7 +380,7 @@ def test_a_client_that_disconnects_stops_its_classification(strict_url, clf, pho
     _, addr = strict_url
     seen = {}
 
-    def slow(photos_, x, facts, top_k, stop):
+    def slow(photos_, x, facts, top_k, stop, code=None):
         seen["started"] = time.monotonic()
         seen["stopped"] = stop.wait(10)
         seen["after"] = time.monotonic() - seen["started"]
