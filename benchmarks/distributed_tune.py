@@ -67,7 +67,7 @@ def worker(args: argparse.Namespace) -> None:
     distributed.barrier()
     t0, c0 = time.perf_counter(), time.process_time()
     tune_trunk(model.trunk, model.heads, pix_tr, tr.y, np.ones(len(tr), np.float32), pix_va, va.y, cfg,
-               mean=preset._mean[None], std=preset._std[None], loss_fn=heads_loss, score_fn=val_score)
+               mean=preset.stats()[0], std=preset.stats()[1], loss_fn=heads_loss, score_fn=val_score)
     seconds = time.perf_counter() - t0
     cpu = torch.zeros(distributed.world_size(), dtype=torch.float64)
     cpu[distributed.rank()] = time.process_time() - c0  # excludes time the process was stopped

@@ -242,7 +242,7 @@ def child_lenet(data: str, quick: bool) -> dict:
     preset = EvalPreset("lenet")
     cache = pixel_cache_path(tr, preset, ROOT / cfg.cache_dir)  # only whether it exists: timing needs no real pixels
     pix = np.random.default_rng(0).integers(0, 256, (8 * cfg.batch_size, 224, 224, 3), dtype=np.uint8)
-    mean, std = preset._mean[None], preset._std[None]
+    mean, std = preset.stats()
     model = build_model(cfg.model).to(memory_format=torch.channels_last)
     opt = make_optimizer(model.parameters(), cfg)
     y = torch.from_numpy(tr.y)

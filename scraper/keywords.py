@@ -11,20 +11,27 @@ Each rule lists regex patterns (matched case-insensitively at the start of a wor
 4. Unless ``not_footwear`` is 0 every attribute is 0.5 (nothing can be said of a sock's vamp).
 
 A label that stays 0.5 everywhere says nothing; callers drop such photos.
+
+The ``materials`` section gives the upper's and the outer sole's material class (chapter 64 notes 3
+and 4; classes in :mod:`shoeclass.materials`) from all the product's texts: rules that name the
+part ("suede upper", "rubber outsole") decide it; a material word alone ("leather pump") is a weak
+rule that decides the upper only when no rule names it; rules of one strength that disagree, or a
+rule naming a mix, leave the part unknown (``None``).
 """
 from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
 from shoeclass.assets import asset
 from shoeclass.attributes import ATTRIBUTE_KEYS, HEIGHT_KEYS, MASK, NOT_FOOTWEAR, OUTPUT_KEYS
+from shoeclass.materials import MATERIAL_CLASSES
 
-__all__ = ["Rule", "Labelling", "KeywordRules", "normalise_text", "default_keywords_path"]
+__all__ = ["Rule", "MaterialRule", "Labelling", "KeywordRules", "normalise_text", "default_keywords_path"]
 
 logger = logging.getLogger(__name__)
 NF = NOT_FOOTWEAR.key
@@ -53,11 +60,24 @@ class Rule:
 
 
 @dataclass(frozen=True)
+class MaterialRule:
+    """One material rule: any pattern fires it; ``values`` maps a part (upper / sole) to a class
+    or ``unknown``; a ``weak`` rule decides the upper only where no other rule names it."""
+
+    name: str
+    patterns: tuple[re.Pattern[str], ...]
+    values: dict[str, str]
+    weak: bool = False
+
+
+@dataclass(frozen=True)
 class Labelling:
-    """The 14 values (``OUTPUT_KEYS``) and the rules that fired, for provenance."""
+    """The 14 values (``OUTPUT_KEYS``), the rules that fired, and the material class of each part
+    (``{"upper": class | None, "sole": class | None}``; None = the texts do not say)."""
 
     values: dict[str, float]
     rules: tuple[str, ...]
+    materials: dict[str, str | None] = field(default_factory=lambda: {p: None for p in MATERIAL_CLASSES})
 
     @property
     def informative(self) -> bool:
@@ -75,8 +95,9 @@ class _Match:
 class KeywordRules:
     """A list of rules; ``label(category, title, description)`` gives one ``Labelling``."""
 
-    def __init__(self, rules: list[Rule]) -> None:
+    def __init__(self, rules: list[Rule], material_rules: list[MaterialRule] | None = None) -> None:
         self.rules = rules
+        self.material_rules = material_rules or []
 
     @classmethod
     def from_yaml(cls, path: str | Path | None = None) -> "KeywordRules":
@@ -107,25 +128,34 @@ class KeywordRules:
             words = r.get("match") or []
             if not words:
                 raise ValueError(f"{where}: 'match' lists no patterns")
-            try:
-                patterns = tuple(re.compile(r"(?<!\w)" + _normalise_pattern(str(w)), re.IGNORECASE)
-                                 for w in words)
-            except re.error as exc:
-                raise ValueError(f"{where}: bad pattern: {exc}") from exc
+            patterns = _compile(words, where)
             rules.append(Rule(name, patterns, {k: v for k, v in values.items() if v != MASK}))
         if not rules:
             raise ValueError(f"{path}: no rules")
-        logger.debug("loaded %d keyword rules from %s", len(rules), path)
-        return cls(rules)
+        materials = [_material_rule(r, i, path, seen) for i, r in enumerate(raw.get("materials") or [])]
+        logger.debug("loaded %d keyword rules and %d material rules from %s", len(rules), len(materials), path)
+        return cls(rules, materials)
 
-    def matches(self, text: str) -> list[_Match]:
+    def matches(self, text: str, rules: list | None = None) -> list[_Match]:
         """Rule matches in one field, matches nested inside longer ones removed."""
         text = normalise_text(text)
-        found = [_Match(rule, m.start(), m.end()) for rule in self.rules for p in rule.patterns
-                 for m in p.finditer(text)]
+        found = [_Match(rule, m.start(), m.end()) for rule in (self.rules if rules is None else rules)
+                 for p in rule.patterns for m in p.finditer(text)]
         return [m for m in found
                 if not any(o.start <= m.start and m.end <= o.end and (o.end - o.start) > (m.end - m.start)
                            for o in found)]
+
+    def materials(self, *texts: str) -> tuple[dict[str, str | None], tuple[str, ...]]:
+        """The material class of the upper and of the sole named by a product's texts (None: not
+        said, or said inconsistently), and the material rules that fired."""
+        found = [m for t in texts for m in self.matches(t, self.material_rules)]
+        out: dict[str, str | None] = {}
+        for part in MATERIAL_CLASSES:
+            said = {m.rule.values[part] for m in found if part in m.rule.values and not m.rule.weak}
+            if not said:
+                said = {m.rule.values[part] for m in found if part in m.rule.values and m.rule.weak}
+            out[part] = said.pop() if len(said) == 1 and "unknown" not in said else None
+        return out, tuple(dict.fromkeys(m.rule.name for m in found))
 
     def label(self, category: str = "", title: str = "", description: str = "") -> Labelling:
         """Labels for one product from its texts (see the module docstring for the precedence)."""
@@ -145,7 +175,35 @@ class KeywordRules:
         if values[NF] != 0.0:
             values.update({k: MASK for k in ATTRIBUTE_KEYS})
         fired = tuple(dict.fromkeys(m.rule.name for m in primary + secondary))
-        return Labelling(values, fired)
+        materials, material_rules = self.materials(category, title, description)
+        if values[NF] == 1.0:
+            materials = {p: None for p in materials}
+        return Labelling(values, fired + material_rules, materials)
+
+
+def _compile(words: list, where: str) -> tuple[re.Pattern[str], ...]:
+    if not words:
+        raise ValueError(f"{where}: 'match' lists no patterns")
+    try:
+        return tuple(re.compile(r"(?<!\w)" + _normalise_pattern(str(w)), re.IGNORECASE) for w in words)
+    except re.error as exc:
+        raise ValueError(f"{where}: bad pattern: {exc}") from exc
+
+
+def _material_rule(r: dict, i: int, path: Path, seen: set[str]) -> MaterialRule:
+    name = str(r.get("name") or f"material{i}")
+    where = f"{path}: material rule {name!r}"
+    if name in seen:
+        raise ValueError(f"{where}: duplicate name")
+    seen.add(name)
+    values = {str(k): str(v) for k, v in (r.get("set") or {}).items()}
+    for part, cls in values.items():
+        allowed = MATERIAL_CLASSES.get(part)
+        if allowed is None:
+            raise ValueError(f"{where}: unknown part {part!r}; allowed: {list(MATERIAL_CLASSES)}")
+        if cls not in allowed + ("unknown",):
+            raise ValueError(f"{where}: {part} must be one of {list(allowed) + ['unknown']}, got {cls!r}")
+    return MaterialRule(name, _compile(r.get("match") or [], where), values, bool(r.get("weak", False)))
 
 
 def _normalise_pattern(word: str) -> str:

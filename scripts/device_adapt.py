@@ -137,7 +137,7 @@ def run(packs: Path, out: Path, variants: list[dict], final: dict | str, epochs:
 
     preset = EvalPreset("efficientnet_lite0")
     m0 = net.members[0].to(dev)
-    feats = torch.from_numpy(pixel_features(m0.trunk, pix["val"], preset._mean[None], preset._std[None]))
+    feats = torch.from_numpy(pixel_features(m0.trunk, pix["val"], *preset.stats()))
     with torch.inference_mode():
         base_logits = m0.heads.cpu()(feats)["logits"].numpy()
     report["shipped_member0"] = kind_scores(base_logits, va)

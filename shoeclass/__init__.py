@@ -15,18 +15,19 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .api import Classifier, classify_images
     from .attributes import ATTRIBUTE_KEYS, ATTRIBUTES, OUTPUT_KEYS
+    from .check import check_code
     from .facts import FACTS, DeclaredFacts
     from .images import ImageError
     from .result import ItemResult, PhotoResult
     from .tariff import classify_code
 
-__all__ = ["classify_images", "classify_code", "DeclaredFacts", "FACTS", "Classifier", "ItemResult",
+__all__ = ["classify_images", "classify_code", "check_code", "DeclaredFacts", "FACTS", "Classifier", "ItemResult",
            "PhotoResult", "ImageError", "ATTRIBUTES", "ATTRIBUTE_KEYS", "OUTPUT_KEYS"]
 __version__ = "0.1.0"
 
 _HOME = {"classify_images": "api", "Classifier": "api", "ItemResult": "result", "PhotoResult": "result",
          "ImageError": "images", "ATTRIBUTES": "attributes", "ATTRIBUTE_KEYS": "attributes",
-         "OUTPUT_KEYS": "attributes", "classify_code": "tariff", "DeclaredFacts": "facts", "FACTS": "facts"}
+         "OUTPUT_KEYS": "attributes", "classify_code": "tariff", "check_code": "check", "DeclaredFacts": "facts", "FACTS": "facts"}
 
 
 def __getattr__(name: str) -> Any:

@@ -17,6 +17,7 @@ from typing import Any
 from .attributes import OUTPUT_KEYS
 from .backbones import backbone_names
 from .data import SIZE, preprocess_config
+from .materials import MATERIAL_CLASSES, TENSORS as MATERIAL_TENSORS
 from .models import POOLINGS, ModelConfig
 
 __all__ = ["card_checksum", "changed_fields", "card_problem", "CHECKSUM_FIELD"]
@@ -95,6 +96,8 @@ def _check(card: dict) -> None:
             raise _Bad("ensemble.flip", "must be true or false")
     if card.get("decision") is not None:
         _decision(_get(card, "decision", dict))
+    if card.get("materials") is not None:
+        _materials(_get(card, "materials", dict))
 
 
 def _get(d: dict, key: str, kind: type, where: str = "") -> Any:
@@ -181,6 +184,31 @@ def _decision(dec: dict) -> None:
         clusters = _get(dec, "clusters", dict, "decision.")
         if not isinstance(clusters.get("clusters"), list) or not clusters["clusters"]:
             raise _Bad("decision.clusters.clusters", "must be a non-empty list")
+
+
+def _materials(sec: dict) -> None:
+    where = "materials."
+    if sec.get("file") != MATERIAL_TENSORS:
+        raise _Bad(where + "file", f"must be {MATERIAL_TENSORS!r} (beside model.json), got {_short(sec.get('file'))}")
+    _hex(sec, "sha256", where)
+    _hex(sec, "model_sha256", where)
+    dim = _get(sec, "dim", int, where)
+    if dim < 1:
+        raise _Bad(where + "dim", f"must be >= 1, got {dim}")
+    parts = _get(sec, "parts", dict, where)
+    if not parts or set(parts) - set(MATERIAL_CLASSES):
+        raise _Bad(where + "parts", f"must hold one or more of {list(MATERIAL_CLASSES)}, got {sorted(parts)}")
+    for part, head in parts.items():
+        at = f"{where}parts.{part}."
+        if not isinstance(head, dict):
+            raise _Bad(at[:-1], "must be an object")
+        classes = _get(head, "classes", list, at)
+        if len(classes) < 2 or len(set(classes)) != len(classes) or set(classes) - set(MATERIAL_CLASSES[part]):
+            raise _Bad(at + "classes", f"must be two or more distinct classes of {list(MATERIAL_CLASSES[part])}, "
+                                       f"got {_short(classes)}")
+        _floats({"temperature": [head.get("temperature")]}, "temperature", 1, 0.0, 1e6, at, open_lo=True)
+        _floats(head, "priors", len(classes), 0.0, 1.0, at, open_lo=True)
+        _floats({"rho": [head.get("rho")]}, "rho", 1, 0.0, 1.0, at)
 
 
 def _short(value: Any) -> str:

@@ -1,7 +1,9 @@
 """Public entry point: ``classify_images`` and the ``Classifier`` that holds a loaded model.
 
-Flow: photo -> tensor (data.EvalPreset) -> trunk -> 14 heads (+ gate, suitability) ->
-calibration -> clusters -> fusion of the M photos -> tariff rules -> ItemResult.
+Flow: photo -> tensor (data.EvalPreset) -> trunk -> 14 heads (+ gate, suitability, material
+heads on the photo embedding) -> calibration -> clusters -> fusion of the M photos -> tariff rules
+(the photos' materials as the prior of undeclared materials) -> ItemResult (and the check of a
+declared code).
 """
 from __future__ import annotations
 
@@ -18,16 +20,18 @@ from scipy.special import expit
 from .attributes import OUTPUT_KEYS
 from .backends import load_runtime
 from .blank import blank_problem
+from .check import check_code, normalise_code
 from .checkpoint import load_checkpoint, resolve_path
 from .data import EvalPreset
 from .decision import DecisionLayer
 from .facts import DeclaredFacts
 from .images import ImageError, ImageInput, describe_source, load_image
+from .materials import MaterialHeads, as_named, tariff_prior
 from .result import ItemResult, PhotoResult
 from .runtime import batched, prepare_for_inference
 from .tariff import classify_tariff, input_calibration_for
 
-__all__ = ["Classifier", "classify_images", "check_arguments", "Cancelled"]
+__all__ = ["Classifier", "classify_images", "check_arguments", "split_code", "Cancelled"]
 
 logger = logging.getLogger(__name__)
 
@@ -47,10 +51,12 @@ class Classifier:
             when present). On CUDA bf16 autocast is on unless ``bf16`` is False.
         runtime: what runs the network: ``torch``, ``openvino``, ``onnxruntime`` or ``auto`` (the
             fastest installed); None: ``backends.DEFAULT`` (see ``backends.py``).
+        materials: use the folder's material heads when it has them (they read the photo
+            embedding); False ignores them (e.g. to refit them).
     """
 
     def __init__(self, model: str | Path | None = None, bf16: bool | None = None, batch_size: int = 32,
-                 device: torch.device | str = "cpu", runtime: str | None = None) -> None:
+                 device: torch.device | str = "cpu", runtime: str | None = None, materials: bool = True) -> None:
         self.path = resolve_path(model)
         self.device = torch.device(device)
         self.net, self.meta = load_checkpoint(self.path)
@@ -62,6 +68,8 @@ class Classifier:
         self.decision = DecisionLayer.from_dict(self.meta.get("decision"))
         self.tariff_inputs = input_calibration_for(self.meta["sha256"])  # fitted on val for this model
         self.thresholds = self.decision.thresholds
+        # None until `shoeclass fit-materials` wrote them into the card
+        self.materials = MaterialHeads.load(self.path, self.meta) if materials else None
         ens = self.meta.get("ensemble")
         # members: fine-tuned models averaged (1 for a single model); mirror: the mirrored photo too
         self.info = {"name": self.path.name, "backbone": self.meta["backbone"], "sha256": self.meta["sha256"],
@@ -93,6 +101,8 @@ class Classifier:
             res["suitability"] = expit(res["suitability"])
         if "embedding" in res:
             res["embedding"] = self.decision.checks.embed(res["embedding"])  # (B, D) unit rows
+            if self.materials is not None:  # (B, K) per part
+                res.update({f"materials_{part}": p for part, p in self.materials.photo_probs(res["embedding"]).items()})
         return res
 
     def predict_tensors(self, x: torch.Tensor, stop: threading.Event | None = None) -> dict[str, np.ndarray]:
@@ -104,16 +114,18 @@ class Classifier:
         return self.photo_outputs(self.network_outputs(x, stop))
 
     def classify(self, images: ImageInput | Sequence[ImageInput], declared: DeclaredFacts | dict | None = None,
-                 top_k: int = 5) -> ItemResult:
+                 top_k: int = 5, code: str | None = None) -> ItemResult:
         """Classify the M photos of one item; unreadable or blank photos get an error, the rest go on.
+        A declared ``code`` (10 digits, or ``declared["code"]``) is checked against the photos.
 
         Raises:
-            ValueError: bad declared facts (names the field and the allowed values) or top_k,
-                raised before any photo is decoded.
+            ValueError: bad declared facts (names the field and the allowed values), code or
+                top_k, raised before any photo is decoded.
         """
+        declared, code = split_code(declared, code)
         facts, top_k = check_arguments(declared, top_k)
         photos, x = self.prepare(images)
-        return self.predict_item(photos, x, facts, top_k)
+        return self.predict_item(photos, x, facts, top_k, code=code)
 
     def prepare(self, images: ImageInput | Sequence[ImageInput],
                 stop: threading.Event | None = None) -> tuple[list[PhotoResult], torch.Tensor | None]:
@@ -139,11 +151,13 @@ class Classifier:
             except ImageError as exc:
                 logger.warning("%s", exc)
                 photos.append(PhotoResult(name, error=str(exc)))
-        return photos, torch.stack(tensors) if tensors else None
+        # stacked in numpy: one thread, no wait on torch's pool while OpenVINO holds the cores
+        return photos, torch.from_numpy(np.stack([t.numpy() for t in tensors])) if tensors else None
 
     def predict_item(self, photos: list[PhotoResult], x: torch.Tensor | None, facts: DeclaredFacts, top_k: int,
-                     stop: threading.Event | None = None) -> ItemResult:
-        """The network, fusion and tariff for the batch :meth:`prepare` made (fills ``photos`` in)."""
+                     stop: threading.Event | None = None, code: str | None = None) -> ItemResult:
+        """The network, fusion and tariff for the batch :meth:`prepare` made (fills ``photos`` in);
+        ``code``: a declared 10-digit code to check (:func:`~shoeclass.check.check_code`)."""
         ok = [p for p in photos if p.error is None]
         if x is None or not ok:
             return ItemResult(photos, None, self.thresholds, model=self.info)
@@ -163,12 +177,38 @@ class Classifier:
             if gates is not None and self.decision.clusters is not None:
                 p.cluster = {"name": self.decision.clusters.clusters_[int(gates[j].argmax())].name,
                              "probability": round(float(gates[j].max()), 6)}
-        tariff = classify_tariff(dict(zip(OUTPUT_KEYS, map(float, fused))), facts, top_k=top_k,
+        materials = None
+        if "materials_upper" in out or "materials_sole" in out:
+            per_photo = {part: out[f"materials_{part}"] for part in self.materials.parts}  # (M, K) each
+            for j, p in enumerate(ok):
+                p.materials = as_named({part: v[j] for part, v in per_photo.items()})
+            materials = as_named(self.materials.item_probs(per_photo))
+        priors = tariff_prior(materials) if materials else None  # declared materials still win
+        item = dict(zip(OUTPUT_KEYS, map(float, fused)))
+        tariff = classify_tariff(item, facts, top_k=top_k, priors=priors,
                                  atypical=tuple(cluster["atypical_firing"]) if cluster else (),
                                  cluster=cluster["name"] if cluster else None,
                                  input_calibration=self.tariff_inputs).to_dict()
+        check = check_code(item, code, facts, priors=priors) if code is not None else None
         return ItemResult(photos, fused, self.thresholds, cluster=cluster, tariff=tariff, model=self.info,
-                          set_aside=set_aside, review=review)
+                          set_aside=set_aside, review=review, materials=materials, check=check)
+
+
+def split_code(declared: DeclaredFacts | Mapping | None, code: str | None = None
+               ) -> tuple[DeclaredFacts | Mapping | None, str | None]:
+    """``declared`` without its ``"code"`` entry, and the declared code to check as 10 digits
+    (``code`` or ``declared["code"]``; None when neither is given).
+
+    Raises:
+        ValueError: both given and different, or a code that is not a leaf of headings 6401-6405.
+    """
+    if isinstance(declared, Mapping) and "code" in declared:
+        declared = dict(declared)
+        inner = declared.pop("code")
+        if code is not None and inner is not None and normalise_code(inner) != normalise_code(code):
+            raise ValueError(f"code given twice: {code!r} and declared['code'] {inner!r}")
+        code = inner if code is None else code
+    return declared, None if code is None or code == "" else normalise_code(code)
 
 
 def check_arguments(declared: DeclaredFacts | Mapping | None, top_k: int) -> tuple[DeclaredFacts, int]:
@@ -216,7 +256,7 @@ def _as_list(images) -> list:
 
 def classify_images(images: ImageInput | Sequence[ImageInput], model: str | Path | Classifier | None = None,
                     *, declared: DeclaredFacts | dict | None = None, top_k: int = 5,
-                    bf16: bool | None = None, runtime: str | None = None) -> ItemResult:
+                    bf16: bool | None = None, runtime: str | None = None, code: str | None = None) -> ItemResult:
     """Classify the photos of one footwear item.
 
     Args:
@@ -226,19 +266,24 @@ def classify_images(images: ImageInput | Sequence[ImageInput], model: str | Path
         declared: facts the declarant states (:class:`~shoeclass.facts.DeclaredFacts` or a dict
             such as ``{"upper_material": "leather", "sole_material": "rubber", "insole_cm": 26}``;
             the names are in ``shoeclass.facts.FACTS``, any of the 13 attributes included);
-            every fact is optional, unstated ones are marginalised.
+            every fact is optional, unstated ones are marginalised (materials over the photos'
+            material probabilities when the model has material heads). It may also hold the
+            declared ``"code"`` to check.
         top_k: tariff candidates kept at each of 4, 6 and 10 digits.
         bf16: force bf16 (True) or fp32 (False); None picks bf16 where the CPU supports it.
         runtime: ``auto`` (default), ``torch``, ``openvino`` or ``onnxruntime`` (see :class:`Classifier`).
+        code: a declared 10-digit code (e.g. ``"6404199000"``; the same as ``declared["code"]``):
+            ``["check"]`` then says how consistent the photos are with it.
 
     Returns:
         An :class:`ItemResult`; ``result.to_dict()["attributes"]`` maps every attribute key to
         the item's probability, ``result.to_dict()["photos"][i]`` holds photo i's own values or
         its error, ``["cluster"]`` the cluster and wrong-cluster check, ``["tariff"]`` the ranked
-        codes with rationale, missing facts and status (see ``result.py``).
+        codes with rationale, missing facts and status, ``["materials"]`` the item's upper and
+        sole material probabilities, ``["check"]`` the check of a declared code (see ``result.py``).
 
     Raises:
-        ValueError: bad ``declared`` facts or ``top_k``, raised before any photo is decoded.
+        ValueError: bad ``declared`` facts, ``code`` or ``top_k``, raised before any photo is decoded.
             Unreadable or blank photos never raise: they get a per-photo error in the result
             (a blank one: "no shoe in this photo"), and an item with no usable photo gets no
             attributes and no tariff code.
@@ -250,4 +295,4 @@ def classify_images(images: ImageInput | Sequence[ImageInput], model: str | Path
     """
     clf = model if isinstance(model, Classifier) else _cached_classifier(
         str(model) if model is not None else None, bf16, runtime)
-    return clf.classify(images, declared=declared, top_k=top_k)
+    return clf.classify(images, declared=declared, top_k=top_k, code=code)

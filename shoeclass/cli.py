@@ -98,11 +98,14 @@ def cmd_classify(args: argparse.Namespace) -> int:
 
     declared = DeclaredFacts.from_dict(  # a bad fact is refused before the model loads
         {f.name: getattr(args, f.name) for f in FACTS if getattr(args, f.name) is not None})
+    from .check import normalise_code
+
+    code = normalise_code(args.code) if getattr(args, "code", None) else None  # refused before loading too
     from .api import classify_images
 
     logging.getLogger("shoeclass.api").setLevel(logging.ERROR)  # photo errors: printed once, below
     result = classify_images(args.photos, model=args.model, declared=declared, top_k=args.top_k,
-                             bf16=False if args.fp32 else None, runtime=args.runtime)
+                             bf16=False if args.fp32 else None, runtime=args.runtime, code=code)
     data = result.to_dict()
     if args.json:
         print(json.dumps(data, indent=2, ensure_ascii=False))
@@ -121,6 +124,16 @@ def cmd_classify(args: argparse.Namespace) -> int:
                 c = data["cluster"]
                 flag = f"  atypical: {', '.join(c['atypical_firing'])}" if c["wrong_cluster"] else ""
                 print(f"cluster: {c['name']} (p={c['probability']:.2f}){flag}")
+            for part, dist in (data["materials"] or {}).items():
+                ranked = sorted(dist.items(), key=lambda kv: -kv[1])[:3]
+                print(f"{part} material: " + ", ".join(f"{c} {p:.2f}" for c, p in ranked))
+            check = data["check"]
+            if check:
+                verdict = "consistent" if check["consistent"] else "NOT consistent"
+                print(f"declared code {check['code']}: {verdict} with the photos (p={check['p_consistent']:.3f})")
+                for c in check["conflicts"]:
+                    what = c.get("needs") or {"not": c.get("excludes")}
+                    print(f"  conflict at {c['node']}: {what} p={c['probability']:.3f} ({c['source']})")
             tariff = data["tariff"]
             for cand in tariff["candidates_10"]:
                 text = cand["text"] if len(cand["text"]) <= 80 else "…" + cand["text"][-79:]
@@ -148,6 +161,16 @@ def cmd_classify_batch(args: argparse.Namespace) -> int:
                   f"{counts['items'] - counts['skipped']} classified now by {distributed.world_size()} process(es)")
     finally:
         distributed.cleanup()
+    return 0
+
+
+def cmd_fit_materials(args: argparse.Namespace) -> int:
+    from .training.materials import fit_materials
+
+    section = fit_materials(args.model, args.data, cache_dir=args.cache,
+                            progress=not args.no_progress, max_train=args.max_train, balanced=not args.unbalanced)
+    print(f"material heads written to {section['path']}")
+    print(json.dumps(section["metrics"], indent=2))
     return 0
 
 
@@ -279,6 +302,29 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--fp32", action="store_true", help="never use bf16")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_classify_batch)
+
+    p = sub.add_parser("check", help="check a declared 10-digit code against the photos of one item")
+    p.add_argument("photos", nargs="+", help="photo files of one item")
+    p.add_argument("--code", required=True, help="the declared TN VED code, e.g. 6404199000")
+    p.add_argument("--model", help="model folder (default: the shipped model)")
+    p.add_argument("--json", action="store_true", help="print the full JSON result")
+    p.add_argument("--fp32", action="store_true", help="never use bf16")
+    p.add_argument("--runtime", choices=["auto", "torch", "openvino", "onnxruntime"],
+                   help="what runs the network (default torch: the material heads read its photo embedding)")
+    add_fact_arguments(p.add_argument_group("other declared facts (all optional; shoeclass/facts.py)"))
+    p.add_argument("--top-k", type=_positive_int, default=5, help="tariff candidates per level")
+    p.set_defaults(func=cmd_classify)
+
+    p = sub.add_parser("fit-materials", help="fit the upper / sole material heads of a model folder on "
+                                             "the text-labelled photos of a dataset")
+    p.add_argument("--model", help="model folder to add the heads to (default: the shipped model)")
+    p.add_argument("--data", required=True, help="dataset folder with labels.csv and texts.csv")
+    p.add_argument("--cache", default=".cache/materials", help="photo embedding cache folder")
+    p.add_argument("--max-train", type=int, help="fit on at most this many train photos, those already cached first (CPU budget)")
+    p.add_argument("--unbalanced", action="store_true",
+                   help="weigh classes as often as the texts name them (default: equally)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_fit_materials)
 
     p = sub.add_parser("evaluate", help="measure a model on a labels.csv folder")
     p.add_argument("--data", required=True, help="dataset folder with labels.csv")

@@ -56,8 +56,8 @@ class EvalPreset:
 
     def __post_init__(self) -> None:
         b = get_backbone(self.backbone)  # ValueError for an unknown backbone
-        self._mean = torch.tensor(self.mean or b.mean).view(3, 1, 1)
-        self._std = torch.tensor(self.std or b.std).view(3, 1, 1)
+        self._mean = np.asarray(self.mean or b.mean, np.float32).reshape(3, 1, 1) * np.float32(255)
+        self._std = np.asarray(self.std or b.std, np.float32).reshape(3, 1, 1) * np.float32(255)
 
     def pixels(self, img: Image.Image) -> np.ndarray:
         """(224, 224, 3) uint8 after squaring, resizing and brightening."""
@@ -65,12 +65,18 @@ class EvalPreset:
         return np.asarray(img, dtype=np.uint8)
 
     def normalize(self, pixels: np.ndarray) -> torch.Tensor:
-        """(H, W, 3) uint8 -> (3, H, W) float32, ``(pixels / 255 - mean) / std``."""
-        x = torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1))).float()  # a copy: 0.2 ms, not 5-20
-        return x.sub_(self._mean * 255.0).div_(self._std * 255.0)
+        """(H, W, 3) uint8 -> (3, H, W) float32, ``(pixels / 255 - mean) / std``. In numpy: one
+        thread, so it never waits on torch's thread pool while another runtime holds the cores."""
+        x = (pixels.transpose(2, 0, 1).astype(np.float32) - self._mean) / self._std
+        return torch.from_numpy(x)
 
     def __call__(self, img: Image.Image) -> torch.Tensor:
         return self.normalize(self.pixels(img))
+
+    def stats(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The normalisation's mean and std as (1, 3, 1, 1) tensors on the 0–1 pixel scale (for
+        batches of cached pixels that training normalises itself)."""
+        return (torch.from_numpy(self._mean / np.float32(255))[None], torch.from_numpy(self._std / np.float32(255))[None])
 
 
 class PhotoDataset(torch.utils.data.Dataset):

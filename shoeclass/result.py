@@ -8,11 +8,14 @@
       "attributes": {key: p, ...},            # 13 attributes + not_footwear, fused over the photos
       "decisions": {key: bool, ...},          # p >= threshold; exactly one height is true
       "photos": [{"photo": name, "attributes": {key: p} | null,
-                  "suitability": {key: s} | null, "cluster": {...} | null, "error": str | null}],
+                  "suitability": {key: s} | null, "cluster": {...} | null,
+                  "materials": {"upper": {class: p}, "sole": {class: p}} | null, "error": str | null}],
       "matrix": [[p, ...], ...],              # (M_ok, 14) per-photo matrix, OUTPUT_KEYS order
       "keys": [...],                          # the column order of "matrix"
       "cluster": {...} | null,                # most likely cluster, atypical attributes firing
       "tariff": {...} | null,                 # shoeclass.tariff.TariffDecision.to_dict()
+      "materials": {"upper": {class: p}, "sole": {class: p}} | null,  # fused; null without material heads
+      "check": {"code", "p_consistent", "consistent", "p_code", "implied_facts", "conflicts"} | null,
       "model": {"name": ..., "backbone": ..., "sha256": ..., "members": n, "mirror": bool,
                 "runtime": "torch fp32" | "torch bf16" | "openvino bf16" | ...},
       "set_aside": [{"photo": name, "attributes": "all" | [key, ...], "reason": str}],
@@ -72,10 +75,12 @@ class PhotoResult:
     suitability: np.ndarray | None = None  # (14,)
     cluster: dict | None = None
     error: str | None = None
+    materials: dict | None = None  # {"upper": {class: p}, "sole": {class: p}}
 
     def to_dict(self) -> dict:
         return {"photo": self.photo, "attributes": _as_dict(self.probs),
-                "suitability": _as_dict(self.suitability), "cluster": self.cluster, "error": self.error}
+                "suitability": _as_dict(self.suitability), "cluster": self.cluster,
+                "materials": self.materials, "error": self.error}
 
 
 @dataclass
@@ -90,6 +95,8 @@ class ItemResult:
     model: dict = field(default_factory=dict)
     set_aside: list[dict] = field(default_factory=list)
     review: dict | None = None  # item-level reason for review (photos of different products)
+    materials: dict | None = None  # fused {"upper": {class: p}, "sole": {class: p}}
+    check: dict | None = None  # check.check_code of a declared code
 
     @property
     def matrix(self) -> np.ndarray:
@@ -118,6 +125,8 @@ class ItemResult:
             "keys": list(OUTPUT_KEYS),
             "cluster": self.cluster,
             "tariff": self.tariff,
+            "materials": self.materials,
+            "check": self.check,
             "model": self.model,
             "set_aside": self.set_aside,
             "review": self.review,

@@ -38,6 +38,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from . import __version__
 from ._guard import STOP, Guard, Rejected, error_response as _error
 from .api import Cancelled, Classifier, check_arguments
+from .check import normalise_code
 from .result import SCHEMA_VERSION
 from .facts import ALIASES, FACTS, DeclaredFacts, parse_fact
 
@@ -78,6 +79,16 @@ def _facts(fields: dict[str, Any], where: str = "") -> DeclaredFacts:
     return DeclaredFacts.from_dict(data)
 
 
+def _code(value: Any, where: str = "") -> str | None:
+    """A declared code to check, as 10 digits; a bad one is a 422 naming the field."""
+    if value is None or value == "":
+        return None
+    try:
+        return normalise_code(value)
+    except ValueError as exc:
+        raise Rejected(422, f"{where}code", str(exc)) from None
+
+
 def _with_fact_form_fields(endpoint):
     """Adds one optional form field per declared fact (``FACTS``, under its short alias where it
     has one) to the endpoint's signature, so OpenAPI documents the form the facts schema defines."""
@@ -108,7 +119,8 @@ class Photo(BaseModel):
 class BatchItem(BaseModel):
     id: str | None = Field(None, description="echoed back with the item's result")
     photos: list[Photo] = Field(..., min_length=1)
-    declared: dict[str, Any] | None = Field(None, description="the facts of /v1/classify, JSON values")
+    declared: dict[str, Any] | None = Field(None, description="the facts of /v1/classify, JSON values, and the "
+                                                               "declared \"code\" to check")
     top_k: int | None = Field(None, ge=1, le=100)
 
 
@@ -183,11 +195,11 @@ def create_app(model: str | Path | Classifier | None = None, *, max_photos: int 
                 raise Rejected(413, f"{where}photos[{j}]", f"{size} bytes, at most {max_photo_bytes} per photo")
 
     def classify(blobs: list[bytes], names: list[str], facts: DeclaredFacts, top_k: int | None,
-                 stop: threading.Event) -> dict:
+                 code: str | None, stop: threading.Event) -> dict:
         with decoders:
             photos, x = clf.prepare(blobs, stop)
         with slots:
-            result = clf.predict_item(photos, x, facts, 5 if top_k is None else top_k, stop)
+            result = clf.predict_item(photos, x, facts, 5 if top_k is None else top_k, stop, code=code)
         for p, name in zip(result.photos, names):  # "<bytes #j>" in the API; the client knows file names
             if p.error and p.error.startswith(p.photo + ": "):
                 p.error = name + p.error[len(p.photo):]
@@ -231,29 +243,35 @@ def create_app(model: str | Path | Classifier | None = None, *, max_photos: int 
             "metrics": {split: m.get("all", {}).get("summary") for split, m in metrics.items()
                         if isinstance(m, dict)},
             "sha256": meta["sha256"], "trunk_sha256": meta.get("trunk", {}).get("sha256"),
-            "preprocessing": meta.get("preprocessing"), "limits": limits}))
+            "preprocessing": meta.get("preprocessing"), "limits": limits,
+            "materials": None if clf.materials is None else
+            {part: list(h.classes) for part, h in clf.materials.parts.items()}}))
 
     @app.post("/v1/classify", summary="classify the photos of one item",
               response_description="ItemResult.to_dict() (docs/service.md)")
     @_with_fact_form_fields
     async def classify_one(request: Request,
                            photos: Annotated[list[UploadFile], File(description="the photos of one item")],
-                           top_k: Annotated[int | None, Form(ge=1, le=100)] = None, **facts: str | None) -> JSONResponse:
+                           top_k: Annotated[int | None, Form(ge=1, le=100)] = None,
+                           code: Annotated[str | None, Form(description="a declared 10-digit code to check against "
+                                                                        "the photos (result: check)")] = None,
+                           **facts: str | None) -> JSONResponse:
         # The fact parameters document the form in OpenAPI; the values are taken from the parsed
         # form, where the long DeclaredFacts names are accepted too and a typo must not pass silently.
         form = await request.form()
-        unknown = sorted(set(form.keys()) - set(ALIASES) - {"photos", "top_k"})
+        unknown = sorted(set(form.keys()) - set(ALIASES) - {"photos", "top_k", "code"})
         if unknown:
-            raise Rejected(422, unknown[0], f"unknown form field; allowed: photos, top_k, {sorted(ALIASES)}")
+            raise Rejected(422, unknown[0], f"unknown form field; allowed: photos, top_k, code, {sorted(ALIASES)}")
         twice = sorted(k for k in form.keys() if k != "photos" and len(form.getlist(k)) > 1)
         if twice:
             raise Rejected(422, twice[0], "sent more than once; send each field once")
         facts = _facts({k: form.get(k) for k in ALIASES if k in form})
+        code = _code(form.get("code"))
         check_photos([p.size or 0 for p in photos])
         blobs = [await p.read() for p in photos]  # all in memory at most max_request_bytes
         check_photos([len(b) for b in blobs])
         names = [p.filename or f"photos[{j}]" for j, p in enumerate(photos)]
-        result = await run(request, blobs, names, facts, top_k)
+        result = await run(request, blobs, names, facts, top_k, code)
         return gone() if result is None else JSONResponse(result)
 
     @app.post("/v1/classify/batch", summary="classify several items (JSON, base64 photos)",
@@ -272,7 +290,9 @@ def create_app(model: str | Path | Classifier | None = None, *, max_photos: int 
                     raise Rejected(422, f"{where}photos[{j}].data", "not valid base64") from None
             check_photos([len(b) for b in blobs], where)
             names = [p.name or f"photos[{j}]" for j, p in enumerate(item.photos)]
-            jobs.append((item.id, blobs, names, _facts(item.declared or {}, where + "declared."), item.top_k))
+            declared = dict(item.declared or {})
+            code = _code(declared.pop("code", None), where + "declared.")
+            jobs.append((item.id, blobs, names, _facts(declared, where + "declared."), item.top_k, code))
         results = []
         for job in jobs:
             result = await run(request, *job[1:])

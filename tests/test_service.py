@@ -190,6 +190,17 @@ def test_bad_declared_fact_names_the_field(url, photos, field, value):
     assert value.lstrip("-") in body["detail"]
 
 
+def test_a_declared_code_is_checked(url, photos):
+    r = post(url, [photos[0]], {"code": "6404 19 900 0", "upper": "textile"})
+    assert r.status_code == 200, r.text
+    d = r.json()
+    assert d["materials"] is None  # the tiny model has no material heads
+    assert d["check"]["code"] == "6404199000" and 0.0 <= d["check"]["p_consistent"] <= 1.0
+    assert_refused(post(url, [photos[0]], {"code": "6404"}), 422, "code")
+    batch = {"items": [{"photos": [{"data": b64(photos[0])}], "declared": {"code": "123"}}]}
+    assert_refused(httpx.post(url + "/v1/classify/batch", json=batch, timeout=60), 422, "items[0].declared.code")
+
+
 def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
@@ -350,7 +361,7 @@ def test_a_request_over_its_deadline_is_stopped(strict_url, clf, photos, monkeyp
     base, _ = strict_url
     seen = {}
 
-    def slow(photos_, x, facts, top_k, stop):
+    def slow(photos_, x, facts, top_k, stop, code=None):
         seen["stopped"] = stop.wait(10)  # a classification that would run for 10 s
         raise RuntimeError("not reached in time")
 
@@ -369,7 +380,7 @@ def test_a_client_that_disconnects_stops_its_classification(strict_url, clf, pho
     _, addr = strict_url
     seen = {}
 
-    def slow(photos_, x, facts, top_k, stop):
+    def slow(photos_, x, facts, top_k, stop, code=None):
         seen["started"] = time.monotonic()
         seen["stopped"] = stop.wait(10)
         seen["after"] = time.monotonic() - seen["started"]

@@ -131,3 +131,42 @@ def test_photos_of_different_products_go_to_review_naming_one(tiny_model, tiny_d
     d = clf.classify([str(boot), str(sandal)]).to_dict()
     assert d["status"] == "needs_review" and d["review"]["reason"] == "different_products"
     assert d["review"]["photo"] in (str(boot), str(sandal)) and d["attributes"] is not None
+
+
+def test_fit_materials_then_classify_shows_materials_and_checks_a_code(tiny_model, tiny_dataset, tmp_path, capsys):
+    import csv
+    import shutil
+
+    from shoeclass.training.materials import fit_materials
+
+    model = shutil.copytree(tiny_model, tmp_path / "model")
+    data = shutil.copytree(tiny_dataset, tmp_path / "data")
+    with (data / "texts.csv").open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["image", "source", "text"])
+        for i in range(36):
+            w.writerow([f"images/p{i:03d}.jpg", "synthetic",
+                        "Leather upper and rubber sole" if i % 3 == 0 else "Canvas upper, leather sole"])
+    section = fit_materials(model, data, cache_dir=tmp_path / "cache", progress=False, min_train=2)
+    assert section["parts"]["upper"]["classes"] == ["leather", "textile"]
+    meta = json.loads((model / "model.json").read_text())
+    assert meta["materials"]["sha256"] == section["sha256"] and meta["sha256"] == json.loads(
+        (tiny_model / "model.json").read_text())["sha256"]  # the model's own tensors are untouched
+    photo = str(data / "images" / "p000.jpg")
+    d = classify_images([photo, photo], model=model, declared={"code": "6404199000"}).to_dict()
+    for m in [d["materials"]] + [p["materials"] for p in d["photos"]]:
+        assert set(m) == {"upper", "sole"} and sum(m["upper"].values()) == pytest.approx(1, abs=1e-5)
+    assert d["tariff"]["rationale"]["assumed"].get("upper_material", "prior passed in").startswith("prior passed in")
+    assert d["check"]["code"] == "6404199000" and 0 <= d["check"]["p_consistent"] <= 1
+    with pytest.raises(ValueError, match="10-digit leaf"):
+        classify_images(photo, model=model, declared={"code": "123"})
+    assert cli(["check", "--code", "6404199000", photo, "--model", str(model)]) == 0
+    assert "declared code 6404199000" in capsys.readouterr().out
+    from shoeclass._card import card_problem
+
+    bad = json.loads((model / "model.json").read_text())
+    bad["materials"]["parts"]["upper"]["classes"] = ["leather", "wood_cork"]  # a sole class on the upper
+    assert card_problem(bad)[0] == "materials.parts.upper.classes"
+    (model / "model.json").write_text(json.dumps(bad))  # the card checksum covers the heads' section
+    with pytest.raises(CheckpointError, match="materials"):
+        load_checkpoint(model)

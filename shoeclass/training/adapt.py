@@ -74,7 +74,7 @@ def adapt_members(net: EnsembleNet, train: LabelTable, val: LabelTable, pixels_t
         Per member, its tuning history and its validation scores per kind of photo.
     """
     preset = EvalPreset(net.cfg.backbone)
-    mean, std = preset._mean[None], preset._std[None]
+    mean, std = preset.stats()
     targets = dict(gate=gate_targets(clusters, train.y), suit=suitability_targets(train))
     wild = np.isin(train.source, CATALOGUE_SOURCES)
     backgrounds = pixels_train[np.flatnonzero(np.isin(train.source, WILD_SOURCES))]

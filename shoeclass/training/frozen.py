@@ -260,7 +260,7 @@ def _tune(cfg: TrainConfig, model, table: LabelTable, targets: dict, history: di
     """Fine-tune the trunk's tail with the heads on augmented photos (finetune.py); returns the
     tuned trunk's features of the validation and test photos (the decision layer's inputs)."""
     preset = EvalPreset(cfg.model.backbone)
-    mean, std = preset._mean[None], preset._std[None]
+    mean, std = preset.stats()
     pix = {s: pixel_cache(table.subset(table.split == s), preset, cfg.cache_dir, cfg.progress, size=224)
            for s in ("train", "val", "test") if (table.split == s).any()}
     tr, va = table.subset(table.split == "train"), table.subset(table.split == "val")

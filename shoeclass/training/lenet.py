@@ -75,7 +75,7 @@ def train_lenet(cfg: TrainConfig, splits: dict[str, LabelTable]) -> tuple[torch.
         (model with the best validation weights, history with the validation logits, test logits or None).
     """
     preset, dev, main = EvalPreset("lenet"), distributed.device(), distributed.is_main()
-    mean, std = preset._mean[None].to(dev), preset._std[None].to(dev)
+    mean, std = (t.to(dev) for t in preset.stats())
     pix = {k: pixel_cache(v, preset, cfg.cache_dir, cfg.progress) for k, v in splits.items() if len(v)}
     model = global_batchnorm(build_model(cfg.model)).to(dev, memory_format=torch.channels_last)
     opt = make_optimizer(model.parameters(), cfg)

@@ -1,0 +1,252 @@
+"""Fitting the material heads (``shoeclass fit-materials``): text-labelled photos -> heads in a model folder.
+
+1. Weak labels: the product texts of ``texts.csv`` through the keyword rules' material section
+   (``configs/keywords.yaml``, ``scraper.keywords``): upper and sole class, or unknown (masked).
+2. Features: every text-labelled photo through the model folder once (the photo embedding
+   ``Classifier.predict_tensors`` gives, plus its attribute outputs), cached under ``.cache/``
+   keyed by the model's checksum, so heads can be refitted without the trunk.
+3. Heads: one softmax per part on the train split (masked cross-entropy, class-balanced), its
+   temperature fitted on the val split; written to ``materials.safetensors`` and the
+   ``materials`` section of the model card, resealed (see :mod:`shoeclass.materials`).
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..api import Classifier
+from ..assets import load_scraper
+from ..attributes import OUTPUT_KEYS
+from ..data import table_outputs
+from ..labels import LabelTable, read_labels
+from ..calibration import SoftmaxTemperature
+from ..checkpoint import update_card
+from ..materials import MATERIAL_CLASSES, MaterialHeads, PartHead
+
+__all__ = ["read_texts", "material_labels", "feature_cache", "masked_cross_entropy", "fit_heads", "fit_materials"]
+
+logger = logging.getLogger(__name__)
+
+
+def read_texts(data: str | Path) -> dict[str, str]:
+    """``texts.csv`` of a data folder: image path -> product text.
+
+    Raises:
+        FileNotFoundError: no texts.csv in ``data``.
+    """
+    path = Path(data) / "texts.csv"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no texts.csv; the material heads learn from product texts")
+    with path.open(encoding="utf-8", newline="") as fh:
+        return {row["image"]: row["text"] or "" for row in csv.DictReader(fh)}
+
+
+def _cache_path(clf: Classifier, cache_dir: str | Path) -> Path:
+    """One file per model tensors and embedding standardisation (a refit of the item checks
+    changes the embeddings the heads read)."""
+    checks = json.dumps(clf.decision.checks.to_dict(), sort_keys=True).encode()
+    return Path(cache_dir) / f"{clf.meta['sha256'][:16]}-{hashlib.sha256(checks).hexdigest()[:8]}.npz"
+
+
+def cached_images(clf: Classifier, cache_dir: str | Path = ".cache/materials") -> set[str]:
+    """The photos whose features the cache already holds for this model."""
+    path = _cache_path(clf, cache_dir)
+    if not path.is_file():
+        return set()
+    with np.load(path, allow_pickle=False) as z:
+        return set(z["image"].tolist())
+
+
+def feature_cache(clf: Classifier, table: LabelTable, cache_dir: str | Path = ".cache/materials",
+                  progress: bool = True, chunk: int = 512) -> dict[str, np.ndarray]:
+    """The photo ``embedding`` (N, D) float16 and the attribute outputs (``logits``, ``gate``,
+    ``suitability``) of every photo of ``table``, in its order, as ``clf.predict_tensors`` gives them.
+
+    One cache file per model checksum in ``cache_dir`` holds every photo computed so far; only
+    photos missing from it go through the model, saved after every ``chunk`` photos, so an
+    interrupted run resumes and a second labelling of the texts adds only its new photos.
+    """
+    path = _cache_path(clf, cache_dir)
+    cached: dict[str, np.ndarray] = {}
+    if path.is_file():
+        with np.load(path, allow_pickle=False) as z:
+            cached = {k: z[k] for k in z.files}
+    known = set(cached.get("image", np.array([], str)).tolist())
+    missing = np.flatnonzero([im not in known for im in table.image])
+    for start in range(0, len(missing), chunk):
+        rows = missing[start:start + chunk]
+        new = _compute(clf, table.subset(rows), progress)
+        new["image"] = table.image[rows].astype(str)
+        cached = new if not cached else {k: np.concatenate([cached[k], new[k]]) for k in new}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.stem + ".tmp.npz")
+        np.savez(tmp, **cached)
+        tmp.replace(path)
+        logger.info("feature cache %s: %d photos", path, len(cached["image"]))
+    index = {im: i for i, im in enumerate(cached.get("image", np.array([], str)).tolist())}
+    rows = np.array([index[im] for im in table.image], dtype=np.int64)
+    return {k: v[rows] for k, v in cached.items() if k != "image"}
+
+
+def _compute(clf: Classifier, table: LabelTable, progress: bool) -> dict[str, np.ndarray]:
+    def run(x: torch.Tensor) -> dict[str, np.ndarray]:
+        out = clf.predict_tensors(x)
+        if "embedding" not in out:
+            raise ValueError(f"{clf.path}: the model gives no photo embedding (runtime {clf.runtime.name}); "
+                             f"material heads need the torch runtime and a model with standardised heads")
+        res = {k: out[k] for k in ("logits", "gate", "suitability") if k in out}
+        res["embedding"] = out["embedding"].astype(np.float16)  # (B, D)
+        return res
+
+    logger.info("computing embeddings of %d photos for %s", len(table), clf.path)
+    return table_outputs(run, table, clf.preset, batch_size=clf.batch_size, progress=progress,
+                         desc="material features")
+
+
+def material_labels(data: str | Path, rules=None) -> tuple[LabelTable, dict[str, np.ndarray]]:
+    """The footwear photos of ``data`` whose product text names a material, and their weak labels:
+    per part (``upper``, ``sole``) an (N,) array of class indices into ``MATERIAL_CLASSES[part]``,
+    -1 where the text does not say (the mask)."""
+    rules = rules or load_scraper("keywords").KeywordRules.from_yaml()
+    table = read_labels(data, check_images=False)
+    texts = read_texts(data)
+    footwear = table.y[:, OUTPUT_KEYS.index("not_footwear")] != 1.0
+    labels = {part: np.full(len(table), -1, np.int64) for part in MATERIAL_CLASSES}
+    for i, image in enumerate(table.image):
+        if footwear[i] and image in texts:
+            found, _ = rules.materials(texts[image])
+            for part, cls in found.items():
+                if cls is not None:
+                    labels[part][i] = MATERIAL_CLASSES[part].index(cls)
+    keep = np.any([v >= 0 for v in labels.values()], axis=0)
+    return table.subset(keep), {part: v[keep] for part, v in labels.items()}
+
+
+def masked_cross_entropy(logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean cross-entropy over the rows whose ``target`` is a class (>= 0); -1 is the mask (the
+    text did not say). ``weights`` (K,) reweights classes. 0 when every row is masked."""
+    keep = target >= 0
+    if not keep.any():
+        return logits.sum() * 0.0
+    return torch.nn.functional.cross_entropy(logits[keep], target[keep], weight=weights)
+
+
+def balanced_accuracy(pred: np.ndarray, true: np.ndarray, classes: list[int]) -> float:
+    """Mean recall over ``classes`` (rows of other true classes are ignored)."""
+    return float(np.mean([(pred[true == c] == c).mean() for c in classes]))
+
+
+def _fit_softmax(x: np.ndarray, t: np.ndarray, k: int, l2: float, epochs: int = 300,
+                 balanced: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Softmax regression (full batch L-BFGS) on standardised features, class-balanced or not."""
+    torch.manual_seed(0)
+    xt, tt = torch.from_numpy(x), torch.from_numpy(t)
+    counts = np.bincount(t[t >= 0], minlength=k).astype(np.float64)
+    w_cls = torch.tensor(counts.sum() / (k * np.maximum(counts, 1)), dtype=torch.float32) if balanced else None
+    lin = torch.nn.Linear(x.shape[1], k)
+    torch.nn.init.zeros_(lin.weight)
+    opt = torch.optim.LBFGS(lin.parameters(), lr=1.0, max_iter=epochs, history_size=20, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = masked_cross_entropy(lin(xt), tt, w_cls) + l2 * lin.weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return lin.weight.detach().numpy().T.copy(), lin.bias.detach().numpy().copy()
+
+
+L2_GRID = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0)  # strong: 7,680 features, a few thousand noisy labels
+
+
+def fit_heads(x: np.ndarray, labels: dict[str, np.ndarray], split: np.ndarray, rho: float,
+              min_train: int = 40, l2_grid: tuple[float, ...] = L2_GRID,
+              balanced: bool = True) -> tuple[MaterialHeads, dict]:
+    """Fit both parts' heads on the train rows of (N, D) photo embeddings ``x``, choose the L2
+    strength by validation balanced accuracy and fit the temperature on validation. ``balanced``
+    weighs the classes equally in the loss (else as often as the texts name them).
+
+    Classes with fewer than ``min_train`` train labels (or none in validation) get no output.
+    Returns the heads and a summary (class counts per split, validation and test metrics)."""
+    e = np.asarray(x, dtype=np.float32)
+    e = e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)  # as MaterialHeads.standardise
+    tr, va, te = (split == s for s in ("train", "val", "test"))
+    mu, sigma = e[tr].mean(0), e[tr].std(0) + 1e-6
+    heads = MaterialHeads({}, mu, sigma)
+    z = heads.standardise(e)
+    parts, summary = {}, {"counts": {}, "val": {}, "test": {}, "l2": {}}
+    for part, lab in labels.items():
+        names = MATERIAL_CLASSES[part]
+        summary["counts"][part] = {s: {names[c]: int((lab[split == s] == c).sum()) for c in range(len(names))}
+                                   for s in ("train", "val", "test")}
+        keep = [c for c in range(len(names)) if (lab[tr] == c).sum() >= min_train and (lab[va] == c).sum() > 0]
+        if len(keep) < 2:
+            logger.warning("%s: fewer than two classes with %d train labels; no head", part, min_train)
+            continue
+        remap = np.full(len(names) + 1, -1)
+        remap[keep] = np.arange(len(keep))
+        t = remap[lab]  # -1: masked or a class without an output
+        best = None
+        for l2 in l2_grid:
+            w, b = _fit_softmax(z[tr], t[tr], len(keep), l2, balanced=balanced)
+            pred = (z[va] @ w + b).argmax(1)
+            score = balanced_accuracy(pred[t[va] >= 0], t[va][t[va] >= 0], list(range(len(keep))))
+            logger.info("%s l2=%g val balanced accuracy %.4f", part, l2, score)
+            if best is None or score > best[0]:
+                best = (score, l2, w, b)
+        score, l2, w, b = best
+        temp = SoftmaxTemperature().fit(z[va] @ w + b, t[va]).temperature_
+        counts = np.bincount(t[tr][t[tr] >= 0], minlength=len(keep)).astype(np.float64)
+        parts[part] = PartHead(part, tuple(names[c] for c in keep), w, b, float(temp), counts / counts.sum(), rho)
+        summary["l2"][part] = l2
+        summary["val"][part] = {"balanced_accuracy": round(score, 4)}
+        pt = (z[te] @ w + b).argmax(1)
+        known = t[te] >= 0
+        if known.any():
+            summary["test"][part] = {"balanced_accuracy": round(balanced_accuracy(
+                pt[known], t[te][known], [c for c in range(len(keep)) if (t[te] == c).any()]), 4)}
+    heads.parts = parts
+    return heads, summary
+
+
+def fit_materials(model: str | Path | None, data: str | Path, cache_dir: str | Path = ".cache/materials",
+                  progress: bool = True, max_train: int | None = None, min_train: int = 40,
+                  balanced: bool = True) -> dict:
+    """Fit the material heads of a model folder and store them there (``materials.safetensors``
+    and the ``materials`` section of its card, resealed); returns that section plus its ``path``.
+    ``max_train`` fits on at most that many train photos (CPU budget: those already in the feature
+    cache first, then a fixed pseudo-random order); ``min_train`` is the fewest train labels a
+    class needs to get an output.
+
+    Raises:
+        FileNotFoundError: no texts.csv in ``data``.
+    """
+    clf = Classifier(model, materials=False, runtime="torch")  # only the torch runtime gives the embedding
+    table, labels = material_labels(data)
+    if max_train is not None:  # CPU budget: photos already cached first, then others in a fixed order
+        cached = cached_images(clf, cache_dir)
+        train = np.flatnonzero(table.split == "train")
+        order = sorted(train, key=lambda i: (table.image[i] not in cached,
+                                             hashlib.sha1(table.image[i].encode()).hexdigest()))
+        drop = np.zeros(len(table), bool)
+        drop[order[max_train:]] = True
+        table, labels = table.subset(~drop), {k: v[~drop] for k, v in labels.items()}
+    out = feature_cache(clf, table, cache_dir, progress)
+    fusion = (clf.meta.get("decision") or {}).get("fusion")
+    # The attributes' photo correlation (median over outputs): the same photos, the same dependence.
+    rho = float(np.median(fusion["rho"])) if fusion else 1.0
+    heads, summary = fit_heads(out["embedding"], labels, table.split, rho, min_train=min_train, balanced=balanced)
+    heads.info = {"model_sha256": clf.meta["sha256"], "data": Path(data).name, "photos": int(len(table)),
+                  "train_photos": int((table.split == "train").sum()), "max_train": max_train, "balanced": balanced,
+                  "rules": "configs/keywords.yaml materials", "metrics": summary}
+    section = heads.save(clf.path)
+    update_card(clf.path, {"materials": section})
+    logger.info("material heads written to %s", clf.path)
+    return {**section, "path": str(clf.path)}
