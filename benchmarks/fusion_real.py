@@ -68,19 +68,19 @@ def main() -> None:
     secs = time.time() - t0
     thr = dl.thresholds
 
-    def fuse(p, s, e=None):
-        w, aside = dl.screen(p, s)
+    def fuse(p, s, e=None):  # as Classifier.predict_item: the screen sees the embeddings too
+        w, aside = dl.screen(p, s, emb=e)
         return dl.fuse(p, weights=w), w, aside
 
-    _, P, S, E, Y, SP, SS = item_arrays(items.item, o["probs"], o["suitability"], o["embedding"], items.y,
-                                        so["probs"], so["suitability"])
+    _, P, S, E, Y, SP, SS, SE = item_arrays(items.item, o["probs"], o["suitability"], o["embedding"], items.y,
+                                            so["probs"], so["suitability"], so["embedding"])
     fused_wrong = single_wrong = worse = counted = 0
     changed = {"not_footwear photo": [0, 0], "sole-only crop": [0, 0]}
     aside_hits = {"not_footwear photo": 0, "sole-only crop": 0}
     flagged_real = 0
     rng = np.random.default_rng(0)
     for i, (p, s, e, y) in enumerate(zip(P, S, E, Y)):
-        f, w, _ = fuse(p, s)
+        f, w, _ = fuse(p, s, e)
         yi = item_labels(y)
         known = yi != MASK
         fw = (f >= thr) != (yi == 1)
@@ -95,9 +95,9 @@ def main() -> None:
             worse += fw[k] and not sw[own[:, k], k].all()
         base = decide(f, thr)
         j = int(rng.integers(len(no["probs"])))
-        for kind, (fp, fs) in {"not_footwear photo": (no["probs"][j], no["suitability"][j]),
-                               "sole-only crop": (SP[i][0], SS[i][0])}.items():
-            f2, _, aside = fuse(np.vstack([p, fp]), np.vstack([s, fs]))
+        for kind, (fp, fs, fe) in {"not_footwear photo": (no["probs"][j], no["suitability"][j], no["embedding"][j]),
+                                   "sole-only crop": (SP[i][0], SS[i][0], SE[i][0])}.items():
+            f2, _, aside = fuse(np.vstack([p, fp]), np.vstack([s, fs]), np.vstack([e, fe]))
             d2 = decide(f2, thr)
             changed[kind][0] += sum(base[k] != d2[k] for k in base)
             changed[kind][1] += len(base)
@@ -110,7 +110,7 @@ def main() -> None:
     pairs = flagged = 0
     for a, b in itertools.combinations(range(n_items), 2):
         for ea, eb, pa, pb, sa, sb in ((E[a][0], E[b][0], P[a][0], P[b][0], S[a][0], S[b][0]),):
-            w, _ = dl.screen(np.vstack([pa, pb]), np.vstack([sa, sb]))
+            w, _ = dl.screen(np.vstack([pa, pb]), np.vstack([sa, sb]), emb=np.vstack([ea, eb]))
             pairs += 1
             flagged += dl.checks.odd_photo(np.vstack([ea, eb]), w) is not None
     print(f"{n_items} real test items ({len(items)} photos), {counted} (item, attribute) pairs with a label; "

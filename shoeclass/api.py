@@ -163,7 +163,8 @@ class Classifier:
             return ItemResult(photos, None, self.thresholds, model=self.info)
         out = self.predict_tensors(x, stop)
         gates = self.decision.gate_probs(out["gate"]) if "gate" in out else None  # (M, C)
-        weights, set_aside = self.decision.screen(out["probs"], out.get("suitability"), [p.photo for p in ok])
+        weights, set_aside = self.decision.screen(out["probs"], out.get("suitability"), [p.photo for p in ok],
+                                                  out.get("embedding"))
         fused, cluster = self.decision.item(out["probs"], gates, out.get("suitability"), weights)
         odd = self.decision.checks.odd_photo(out.get("embedding"), weights)
         review = None if odd is None else {

@@ -89,10 +89,10 @@ class DecisionLayer:
         return self.fusion.fuse(probs, self.weights(suitability) if weights is None else weights)
 
     def screen(self, probs: np.ndarray, suitability: np.ndarray | None = None,
-               names: list[str] | None = None) -> tuple[np.ndarray, list[dict]]:
+               names: list[str] | None = None, emb: np.ndarray | None = None) -> tuple[np.ndarray, list[dict]]:
         """Fusion weights (M, 14) with the photos set aside at 0, and the set-aside report
         (``ItemChecks.screen``)."""
-        return self.checks.screen(probs, suitability, names)
+        return self.checks.screen(probs, suitability, names, emb)
 
     def item(self, probs: np.ndarray, gate_probs: np.ndarray | None = None,
              suitability: np.ndarray | None = None,

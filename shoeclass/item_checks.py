@@ -10,7 +10,9 @@
   (``models.py``: ImageNet features the attribute tuning left alone), which :meth:`ItemChecks.embed`
   standardises and scales to unit length; the two shoes of one product look alike even from
   different angles, two products less so. An item whose least similar pair of kept photos has
-  cosine below ``min_cosine`` goes to review, naming the photo least similar to the rest.
+  cosine below ``min_cosine`` goes to review, naming the photo least similar to the rest. With
+  three or more photos, one photo unlike all the others while those agree among themselves is
+  also set aside (another product, a crop of the sole only): it must not move the decisions.
 
 ``fit`` takes the standardisation from the validation photos of real multi-photo items and chooses
 ``min_cosine`` so that a share ``review_rate`` of those items would be flagged; ``suit_floor`` is
@@ -98,13 +100,15 @@ class ItemChecks:
         return self
 
     def screen(self, probs: np.ndarray, suitability: np.ndarray | None,
-               names: list[str] | None = None) -> tuple[np.ndarray, list[dict]]:
+               names: list[str] | None = None, emb: np.ndarray | None = None) -> tuple[np.ndarray, list[dict]]:
         """Fusion weights (M, 14) with set-aside photos at 0, and what was set aside and why.
 
         Args:
             probs: (M, 14) per-photo probabilities.
             suitability: (M, 14) per-photo suitability in [0, 1], or None (all 1).
             names: photo names for the report (default: their indices).
+            emb: (M, D) unit-length embeddings (:meth:`embed`): with them a photo unlike all the
+                others of an item of three or more is set aside (see the module docstring).
 
         Returns:
             weights, and one dict per photo set aside in whole or in part:
@@ -122,9 +126,18 @@ class ItemChecks:
         for j in np.flatnonzero(foreign):
             aside.append({"photo": names[j], "attributes": "all",
                           "reason": f"not footwear (p = {probs[j, NF]:.3f} >= {self.nf_threshold:.3f})"})
-        low = (w < self.suit_floor) & ~foreign[:, None]
+        out = foreign.copy()  # photos out of every attribute
+        lone = self._lone(emb, ~foreign)
+        if lone is not None:  # kept for not_footwear, and for the different-products review
+            out[lone[0]] = True
+            w[lone[0]] = 0.0
+            w[lone[0], NF] = 1.0
+            aside.append({"photo": names[lone[0]], "attributes": "all",
+                          "reason": f"looks like another product than the other photos (embedding cosine "
+                                    f"{lone[1]:.3f} < {self.min_cosine:.3f} to each of them)"})
+        low = (w < self.suit_floor) & ~out[:, None]
         low[:, NF] = False
-        usable = ((w >= self.suit_floor) & ~foreign[:, None]).any(0)  # (14,) some kept photo shows it
+        usable = ((w >= self.suit_floor) & ~out[:, None]).any(0)  # (14,) some kept photo shows it
         low &= usable[None]
         w[low] = 0.0
         for j in np.flatnonzero(low.any(1)):
@@ -132,6 +145,23 @@ class ItemChecks:
             aside.append({"photo": names[j], "attributes": keys,
                           "reason": f"shows too little of these attributes (suitability < {self.suit_floor:.2f})"})
         return w, aside
+
+    def _lone(self, emb: np.ndarray | None, kept: np.ndarray) -> tuple[int, float] | None:
+        """(index, its highest cosine to another kept photo) of the one kept photo unlike every
+        other while at least two others all agree; None otherwise (or without the check)."""
+        idx = np.flatnonzero(kept)
+        if self.min_cosine is None or emb is None or len(idx) < 3:
+            return None
+        c = np.asarray(emb, np.float64)[idx] @ np.asarray(emb, np.float64)[idx].T
+        np.fill_diagonal(c, np.nan)
+        below = np.nanmax(c, 1) < self.min_cosine  # unlike every other kept photo
+        if below.sum() != 1:
+            return None
+        j = int(np.flatnonzero(below)[0])
+        rest = np.delete(np.delete(c, j, 0), j, 1)
+        if np.nanmin(rest) < self.min_cosine:  # the others disagree too: no single odd photo
+            return None
+        return int(idx[j]), float(np.nanmax(c[j]))
 
     def odd_photo(self, emb: np.ndarray | None, weights: np.ndarray | None = None) -> tuple[int, float] | None:
         """(index, cosine) of the photo least like the others when two kept photos look like

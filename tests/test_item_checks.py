@@ -169,3 +169,24 @@ def test_result_json_says_what_was_set_aside_and_why_review():
     d = ItemResult(photos, np.full(K, 0.2), tariff={"status": "ok"}, review=review).to_dict()
     assert d["status"] == "needs_review" and d["review"]["photo"] == "b.jpg"
     assert decide(np.full(K, 0.2))  # the decisions are still given
+
+
+def test_a_photo_unlike_the_others_of_three_is_set_aside_and_named():
+    rng = np.random.default_rng(3)
+    a, b = rng.normal(size=16), rng.normal(size=16)
+    emb = np.stack([a + 0.1 * rng.normal(size=16), a + 0.1 * rng.normal(size=16), b])
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    probs = np.full((3, K), 0.1)
+    probs[2, HEEL] = 0.99  # the other product is a heel: it must not make the item heeled
+    checks = ItemChecks(min_cosine=0.5)
+    w, aside = checks.screen(probs, None, ["a1", "a2", "b"], emb)
+    assert (w[2, :NF] == 0).all() and (w[:2] == 1).all()
+    assert [(x["photo"], x["attributes"]) for x in aside] == [("b", "all")] and "another product" in aside[0]["reason"]
+    assert checks.odd_photo(emb, w)[0] == 2  # and the item still goes to review, naming it
+    # two photos: nothing tells which is the odd one, so none is set aside (the review names one)
+    w2, aside2 = checks.screen(probs[1:], None, ["a2", "b"], emb[1:])
+    assert aside2 == [] and (w2 == 1).all()
+    # three photos all unlike each other: no single odd photo to set aside
+    c = rng.normal(size=16)
+    three = np.stack([a, b, c]) / np.linalg.norm(np.stack([a, b, c]), axis=1, keepdims=True)
+    assert checks.screen(probs, None, None, three)[1] == []

@@ -228,7 +228,7 @@ def fit_materials(model: str | Path | None, data: str | Path, cache_dir: str | P
     Raises:
         FileNotFoundError: no texts.csv in ``data``.
     """
-    clf = Classifier(model, materials=False, runtime="torch")  # only the torch runtime gives the embedding
+    clf = Classifier(model, materials=False)  # the default runtime: the embeddings inference will read
     table, labels = material_labels(data)
     if max_train is not None:  # CPU budget: photos already cached first, then others in a fixed order
         cached = cached_images(clf, cache_dir)
