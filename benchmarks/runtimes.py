@@ -24,6 +24,7 @@ import os
 # PyTorch and OpenVINO share this process: PyTorch's OpenMP threads must sleep between calls, not
 # spin, or they hold the cores OpenVINO's threads wait for (measured: the old path's 3-photo
 # network took 5.1 s against 0.12 s on OpenVINO in a quick run with spinning threads).
+_PASSIVE = "OMP_WAIT_POLICY" not in os.environ
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse  # noqa: E402
@@ -241,6 +242,8 @@ def retained(quick: bool) -> dict:
     """The checks of ``benchmarks/speed.py`` kept after its 100x target was retired."""
     import speed
 
+    if _PASSIVE:  # the children run PyTorch alone, as speed.py does: threads spin as by default
+        os.environ.pop("OMP_WAIT_POLICY", None)
     q = quick
     res = {"matmul": speed.run_child("matmul", quick=q), "vgg19": speed.run_child("infer", "vgg19", "batched", quick=q),
            "heads": speed.run_child("heads", str(ROOT.parent / "shared" / "data"), quick=q)}
@@ -259,6 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, help="interleaved speed rounds (default 5 quick, 15 full)")
     ap.add_argument("--calib", type=int, default=256, help="validation photos calibrating int8 (0: no int8)")
     ap.add_argument("--no-retained", action="store_true", help="skip speed.py's retained checks")
+    ap.add_argument("--retained-only", action="store_true", help="only speed.py's retained checks")
     ap.add_argument("--json", type=Path, help="also write every measurement here")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -266,6 +270,9 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     q, rounds = args.quick, args.rounds or (5 if args.quick else 15)
     threads = configure_threads()
+    if args.retained_only:
+        report_retained(retained(q))
+        return 0
     import onnxruntime
     import openvino
 
@@ -333,12 +340,6 @@ def main(argv: list[str] | None = None) -> int:
     print(f"fastest runtime keeping ≥ 99.5 % of the fp32 decisions, end to end batch {BATCH}: {fastest}; "
           f"fastest ONNX Runtime / OpenVINO: {best_other}")
     share = max(v / tot_d for k, v in st_default.items() if k != "network")
-    if ret:
-        mm, vg, hd, le = ret["matmul"], ret["vgg19"], ret["heads"], ret["lenet"]
-        frac = vg["gflops"] / mm["bf16_gflops" if vg.get("bf16") else "fp32_gflops"] if "error" not in vg and "error" not in mm else None
-        print(f"retained: VGG19 batched {vg.get('gflops', float('nan')):.0f} GFLOP/s against bf16 matmul "
-              f"{mm.get('bf16_gflops', float('nan')):.0f}; heads {hd.get('seconds', float('nan')):.1f} s on "
-              f"{hd.get('features')} features; lenet {le.get('minutes', float('nan')):.1f} min")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"speed": sp, "agreement": agree, "stages_default": st_default,
@@ -351,10 +352,20 @@ def main(argv: list[str] | None = None) -> int:
     print(_target("default_decision_agreement_vs_fp32", (agree["default (Classifier)"] or {}).get("agreement"), 0.995, True, ".4f"))
     print(_target("largest_non_network_stage_share_item3", share, 0.20, False, ".2f"))
     if ret:
-        print(_target("vgg19_fraction_of_bf16_matmul", frac, 0.60, True, ".2f"))
-        print(_target("heads_train_seconds", hd.get("seconds"), 60, False, ".1f"))
-        print(_target("lenet_full_training_minutes", le.get("minutes"), 30, False, ".1f"))
+        report_retained(ret)
     return 0
+
+
+def report_retained(ret: dict) -> None:
+    """The retained checks' summary and target lines."""
+    mm, vg, hd, le = ret["matmul"], ret["vgg19"], ret["heads"], ret["lenet"]
+    frac = vg["gflops"] / mm["bf16_gflops" if vg.get("bf16") else "fp32_gflops"] if "error" not in vg and "error" not in mm else None
+    print(f"retained: VGG19 batched {vg.get('gflops', float('nan')):.0f} GFLOP/s against bf16 matmul "
+          f"{mm.get('bf16_gflops', float('nan')):.0f}; heads {hd.get('seconds', float('nan')):.1f} s on "
+          f"{hd.get('features')} features; lenet {le.get('minutes', float('nan')):.1f} min")
+    print(_target("vgg19_fraction_of_bf16_matmul", frac, 0.60, True, ".2f"))
+    print(_target("heads_train_seconds", hd.get("seconds"), 60, False, ".1f"))
+    print(_target("lenet_full_training_minutes", le.get("minutes"), 30, False, ".1f"))
 
 
 if __name__ == "__main__":

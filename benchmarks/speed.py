@@ -241,7 +241,8 @@ def child_lenet(data: str, quick: bool) -> dict:
     n_val, n_test = (int((table.split == s).sum()) for s in ("val", "test"))
     preset = EvalPreset("lenet")
     cache = pixel_cache_path(tr, preset, ROOT / cfg.cache_dir)  # only whether it exists: timing needs no real pixels
-    pix = np.random.default_rng(0).integers(0, 256, (8 * cfg.batch_size, 224, 224, 3), dtype=np.uint8)
+    # lenet trains on the 112-pixel cache (training/lenet.py), already downsampled
+    pix = np.random.default_rng(0).integers(0, 256, (8 * cfg.batch_size, 112, 112, 3), dtype=np.uint8)
     mean, std = preset.stats()
     model = build_model(cfg.model).to(memory_format=torch.channels_last)
     opt = make_optimizer(model.parameters(), cfg)
@@ -261,7 +262,7 @@ def child_lenet(data: str, quick: bool) -> dict:
         x = ((x - mean) / std).contiguous(memory_format=torch.channels_last)
         t2 = time.perf_counter()
         with autocast():
-            logits = model(x)["logits"].float()
+            logits = model.heads(model.trunk(x, downsampled=True))["logits"].float()
         loss = masked_bce(logits, y[idx], cw)
         opt.zero_grad(set_to_none=True)
         loss.backward()

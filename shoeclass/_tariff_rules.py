@@ -348,9 +348,6 @@ def condition_probability(cond: Condition, dists: Mapping[str, Mapping[Value, fl
     return p
 
 
-_UNSET = object()  # a variable not assigned on the way to a node (never equal to a value)
-
-
 def leaf_distribution(rules: RuleSet, dists: Mapping[str, Mapping[Value, float]],
                       fixed: Mapping[str, Value] | None = None, memo: dict | None = None) -> dict[str, float]:
     """Exact p(leaf) for every leaf reached with positive probability (first match wins).
@@ -363,15 +360,14 @@ def leaf_distribution(rules: RuleSet, dists: Mapping[str, Mapping[Value, float]]
     if fixed:
         dists = {**dists, **{n: {v: 1.0} for n, v in fixed.items()}}
     memo = {} if memo is None else memo
-    scope: dict[tuple[int, int], tuple[tuple[str, ...], tuple]] = {}  # the variables a suffix reads, sorted
+    stated: dict[tuple[int, int], frozenset] = {}  # per suffix: the fixed variables it reads
 
     def walk(group: list[Node], start: int, assign: dict[str, Value]) -> dict[str, float]:
         where = (id(group), start)
-        if where not in scope:
-            names = tuple(sorted(rules.suffix_refs[where]))
-            scope[where] = names, tuple((k, fixed[k]) for k in names if k in fixed)
-        names, stated = scope[where]
-        key = (where, tuple(assign.get(k, _UNSET) for k in names), stated)
+        refs = rules.suffix_refs[where]
+        if where not in stated:
+            stated[where] = frozenset((k, v) for k, v in fixed.items() if k in refs)
+        key = (where, frozenset(kv for kv in assign.items() if kv[0] in refs), stated[where])
         if key in memo:
             return memo[key]
         out: dict[str, float] = {}
