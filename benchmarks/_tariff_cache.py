@@ -1,7 +1,8 @@
 """Model outputs on the by-eye photos of one split, computed once and cached under .cache/.
 
 benchmarks/tariff.py reads them so that the tariff rules can be re-run cheaply; the cache key is
-the model's checksum, so a new model at the default path is predicted again.
+the model's checksum and the runtime that ran it, so a new model at the default path (or another
+runtime) is predicted again.
 """
 from __future__ import annotations
 
@@ -22,7 +23,8 @@ def by_eye_outputs(data: str | Path, split: str, clf: Classifier, progress: bool
     ``split``, each photo an item of its own (fused through the model's decision layer)."""
     table = read_labels(data)
     table = table.subset((table.split == split) & (table.origin == "eye"))
-    path = CACHE / f"tariff_{split}_{clf.meta['sha256'][:16]}_{len(table)}.npz"
+    runtime = clf.info["runtime"].replace(" ", "-")
+    path = CACHE / f"tariff_{split}_{clf.meta['sha256'][:16]}_{runtime}_{len(table)}.npz"
     if path.is_file():
         z = np.load(path, allow_pickle=False)
         return {"image": z["image"], "y": z["y"], "source": z["source"], "fused": z["fused"],
