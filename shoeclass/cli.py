@@ -213,6 +213,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _item_options(p: argparse.ArgumentParser, facts_title: str) -> None:
+    """The photos of one item and how to classify them (``classify`` and ``check``)."""
+    p.add_argument("photos", nargs="+", help="photo files of one item")
+    p.add_argument("--model", help="model folder (default: the shipped model)")
+    p.add_argument("--json", action="store_true", help="print the full JSON result")
+    p.add_argument("--fp32", action="store_true", help="never use bf16")
+    p.add_argument("--runtime", choices=["auto", "torch", "openvino", "onnxruntime"],
+                   help="what runs the network (default auto: the fastest installed)")
+    add_fact_arguments(p.add_argument_group(f"{facts_title} (all optional; shoeclass/facts.py)"))
+    p.add_argument("--top-k", type=_positive_int, default=5, help="tariff candidates per level")
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -280,14 +292,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("classify", help="classify the photos of one item")
-    p.add_argument("photos", nargs="+", help="photo files of one item")
-    p.add_argument("--model", help="model folder (default: the shipped model)")
-    p.add_argument("--json", action="store_true", help="print the full JSON result")
-    p.add_argument("--fp32", action="store_true", help="never use bf16")
-    p.add_argument("--runtime", choices=["auto", "torch", "openvino", "onnxruntime"],
-                   help="what runs the network (default auto: the fastest installed)")
-    add_fact_arguments(p.add_argument_group("declared facts (all optional; shoeclass/facts.py)"))
-    p.add_argument("--top-k", type=_positive_int, default=5, help="tariff candidates per level")
+    _item_options(p, "declared facts")
     p.set_defaults(func=cmd_classify)
 
     p = sub.add_parser("classify-batch", help="classify a folder or a list of items into a JSON-lines file; "
@@ -304,15 +309,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_classify_batch)
 
     p = sub.add_parser("check", help="check a declared 10-digit code against the photos of one item")
-    p.add_argument("photos", nargs="+", help="photo files of one item")
     p.add_argument("--code", required=True, help="the declared TN VED code, e.g. 6404199000")
-    p.add_argument("--model", help="model folder (default: the shipped model)")
-    p.add_argument("--json", action="store_true", help="print the full JSON result")
-    p.add_argument("--fp32", action="store_true", help="never use bf16")
-    p.add_argument("--runtime", choices=["auto", "torch", "openvino", "onnxruntime"],
-                   help="what runs the network (default torch: the material heads read its photo embedding)")
-    add_fact_arguments(p.add_argument_group("other declared facts (all optional; shoeclass/facts.py)"))
-    p.add_argument("--top-k", type=_positive_int, default=5, help="tariff candidates per level")
+    _item_options(p, "other declared facts")
     p.set_defaults(func=cmd_classify)
 
     p = sub.add_parser("fit-materials", help="fit the upper / sole material heads of a model folder on "
