@@ -113,11 +113,7 @@ class KeywordRules:
         rules: list[Rule] = []
         seen: set[str] = set()
         for i, r in enumerate(raw.get("rules") or []):
-            name = str(r.get("name") or f"rule{i}")
-            where = f"{path}: rule {name!r}"
-            if name in seen:
-                raise ValueError(f"{where}: duplicate name")
-            seen.add(name)
+            name, where = _named(r, f"rule{i}", f"{path}: rule", seen)
             values = {str(k): float(v) for k, v in (r.get("set") or {}).items()}
             bad_keys = sorted(set(values) - set(OUTPUT_KEYS))
             if bad_keys:
@@ -190,12 +186,19 @@ def _compile(words: list, where: str) -> tuple[re.Pattern[str], ...]:
         raise ValueError(f"{where}: bad pattern: {exc}") from exc
 
 
-def _material_rule(r: dict, i: int, path: Path, seen: set[str]) -> MaterialRule:
-    name = str(r.get("name") or f"material{i}")
-    where = f"{path}: material rule {name!r}"
+def _named(r: dict, default: str, prefix: str, seen: set[str]) -> tuple[str, str]:
+    """A rule's name (``default`` when unnamed) and where it is for messages; a name used twice
+    is refused."""
+    name = str(r.get("name") or default)
+    where = f"{prefix} {name!r}"
     if name in seen:
         raise ValueError(f"{where}: duplicate name")
     seen.add(name)
+    return name, where
+
+
+def _material_rule(r: dict, i: int, path: Path, seen: set[str]) -> MaterialRule:
+    name, where = _named(r, f"material{i}", f"{path}: material rule", seen)
     values = {str(k): str(v) for k, v in (r.get("set") or {}).items()}
     for part, cls in values.items():
         allowed = MATERIAL_CLASSES.get(part)
