@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from ._tariff_rules import RuleSet, Variable, condition_probability, condition_vars, leaf_distribution
+from ._tariff_rules import RuleSet, Variable, condition_probability, condition_vars, leaf_conditionals, leaf_distribution
 from .facts import FACTS
 
 _FACTS = {f.name: f for f in FACTS}
@@ -41,7 +41,8 @@ def used(chain: list) -> set[str]:
 
 
 def _best(dist: Mapping[str, float]) -> str | None:
-    return min(dist.items(), key=lambda kv: (-kv[1], kv[0]))[0] if dist else None
+    """The most likely code; ties (to 1e-12, the rounding of the one-walk conditionals) go to the lower code."""
+    return min(dist.items(), key=lambda kv: (-round(kv[1], 12), kv[0]))[0] if dist else None
 
 
 def _fixed(dists: Mapping, cond: Mapping[str, Any]) -> list[tuple[float, dict]]:
@@ -71,31 +72,32 @@ def assumptions(rules: RuleSet, chain: list, top: str, p_top: float, dists: Mapp
     return out
 
 
-def missing(rules: RuleSet, dists: Mapping, base: Mapping[str, float], top: str, facts: Mapping,
+def missing(rules: RuleSet, dists: Mapping, base: Mapping[str, float],
+            conditional: Mapping[tuple[str, Any], Mapping[str, float]], top: str, facts: Mapping,
             given: Mapping) -> list[dict[str, Any]]:
     """Every undeclared fact whose value changes the top code, with the mass stating it moves. A fact
     left to a prior counts too when it changes the top code once another such fact is stated so as
-    to change it (gender decides only after the insole length is known to be 24 cm or more)."""
-    worlds: dict[frozenset, dict[str, float]] = {frozenset(): dict(base)}
-    memo: dict = {}  # sub-results shared between the worlds
+    to change it (gender decides only after the insole length is known to be 24 cm or more).
+    ``conditional``: p(leaf | fact = value) for each uncertain value (:func:`leaf_conditionals`)."""
+    def changing(name: str, here: str | None, worlds: Mapping) -> list:
+        """The values of ``name`` that, stated, move the top code away from ``here``."""
+        return [v for v, q in dists[name].items() if 0.0 < q < 1.0 and _best(worlds[(name, v)]) != here]
 
-    def world(fixed: frozenset) -> dict[str, float]:
-        """p(leaf) with the variables of ``fixed`` ((name, value) pairs) stated; each computed once."""
-        if fixed not in worlds:
-            worlds[fixed] = leaf_distribution(rules, dists, dict(fixed), memo)
-        return worlds[fixed]
+    stated: dict[tuple[str, Any], tuple[str | None, dict]] = {}  # (fact, value) -> (top, its one-fact worlds)
 
-    def changing(name: str, fixed: frozenset = frozenset()) -> list:
-        """The values of ``name`` that, stated on top of ``fixed``, change that world's top code."""
-        here = top if not fixed else _best(world(fixed))
-        return [v for v, q in dists[name].items() if 0.0 < q < 1.0 and _best(world(fixed | {(name, v)})) != here]
+    def changing_after(name: str, fact: str, value: Any) -> bool:
+        """Whether ``name`` changes the top code of the world where ``fact = value`` is stated."""
+        if (fact, value) not in stated:
+            world, worlds = leaf_conditionals(rules, dists, {fact: value})
+            stated[(fact, value)] = (_best(world), worlds)
+        return bool(changing(name, *stated[(fact, value)]))
 
     out = []
     priors = [n for n, v in rules.variables.items() if v.field and facts.get(v.field) is None
               and _source(v, given) == "prior"]
-    first = {n: vals for n in priors if (vals := changing(n))}
+    first = {n: vals for n in priors if (vals := changing(n, top, conditional))}
     second = {n for n in priors if n not in first and any(
-        changing(n, frozenset({(f, v)})) for f, vals in first.items() for v in vals)}
+        changing_after(n, f, v) for f, vals in first.items() for v in vals)}
     for name, var in rules.variables.items():
         if var.field is None or facts.get(var.field) is not None:
             continue
@@ -103,7 +105,7 @@ def missing(rules: RuleSet, dists: Mapping, base: Mapping[str, float], top: str,
         for value, q in dists[name].items():
             if q <= 0.0 or q >= 1.0:
                 continue
-            alt = world(frozenset({(name, value)}))
+            alt = conditional[(name, value)]
             moved += q * 0.5 * sum(abs(alt.get(c, 0.0) - base.get(c, 0.0)) for c in set(alt) | set(base))
             alt_top = _best(alt)
             if alt_top != top:

