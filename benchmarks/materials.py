@@ -30,7 +30,7 @@ import numpy as np
 from shoeclass.api import Classifier
 from shoeclass.attributes import OUTPUT_KEYS
 from shoeclass.check import check_code
-from shoeclass.materials import MATERIAL_CLASSES, as_named, tariff_prior
+from shoeclass.materials import MATERIAL_CLASSES, as_named, head_input, tariff_prior
 from shoeclass.tariff import classify_tariff
 from shoeclass.training.materials import balanced_accuracy, feature_cache, material_labels
 
@@ -88,10 +88,11 @@ def main() -> None:
     test = table.split == "test"
     tt = table.subset(test)
     out = feature_cache(clf, tt, args.cache, progress=False)
-    mp = clf.materials.photo_probs(out["embedding"])
-    print(f"model {clf.path} ({clf.info['members']} member(s)); material heads: "
-          f"{ {p: list(h.classes) for p, h in clf.materials.parts.items()} } on the {out['embedding'].shape[1]}-d "
-          f"photo embedding, fitted on {clf.materials.info.get('train_photos')} train photos")
+    x = head_input(out)
+    mp = clf.materials.photo_probs(x)
+    print(f"model {clf.path} ({clf.info['members']} member(s), runtime {clf.info['runtime']}); material heads: "
+          f"{ {p: list(h.classes) for p, h in clf.materials.parts.items()} } on the {x.shape[1]}-d "
+          f"photo embedding{' and features' if 'features' in out else ''}, fitted on {clf.materials.info.get('train_photos')} train photos")
     measured = {"upper_balanced_accuracy": part_report("upper", mp["upper"], labels["upper"][test],
                                                        labels["upper"][table.split == "train"])}
     if "sole" in mp:

@@ -5,8 +5,9 @@ interleaved round by round so that a busy machine slows every runtime alike (fig
 
 * photos/s of the network alone and end to end (JPEG bytes -> ``classify`` -> item JSON) at
   batch 1 and batch 32, for PyTorch fp32, PyTorch bf16 (the path shipped before this benchmark),
-  ONNX Runtime fp32, OpenVINO fp32 and bf16 (where the CPU has bf16), and int8 static post-training
-  quantization (QDQ, calibrated on validation photos) on ONNX Runtime and OpenVINO;
+  ONNX Runtime fp32, OpenVINO fp32 and bf16 (where the CPU has bf16), and the model folder's int8
+  graph (``shoeclass quantize``: static post-training quantization calibrated on validation photos)
+  on ONNX Runtime and OpenVINO, each as a user would assemble it;
 * the decisions (calibrated photo probability >= the model's threshold, 14 outputs) of each on
   the test photos against PyTorch fp32;
 * the stage times of one 3-photo item (decode + resize, tensor, network, decision layer, tariff,
@@ -32,7 +33,6 @@ import json  # noqa: E402
 import logging  # noqa: E402
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -46,8 +46,8 @@ import torch  # noqa: E402
 from shoeclass.api import Classifier, classify_images  # noqa: E402
 from speed import _target  # noqa: E402  (benchmarks/ is on the path: one target-line format)
 from shoeclass.attributes import OUTPUT_KEYS  # noqa: E402
-from shoeclass.backends import AUTO_ORDER, OnnxRuntime, OpenVinoRuntime, TorchRuntime, runtime_available  # noqa: E402
-from shoeclass.checkpoint import DEFAULT_MODEL  # noqa: E402
+from shoeclass.backends import AUTO_ORDER, OnnxRuntime, TorchRuntime, runtime_available  # noqa: E402
+from shoeclass.checkpoint import DEFAULT_MODEL, int8_graph  # noqa: E402
 from shoeclass.export import cached_onnx  # noqa: E402
 from shoeclass.images import load_image  # noqa: E402
 from shoeclass.labels import read_labels  # noqa: E402
@@ -77,35 +77,16 @@ def _tensor(pixels: np.ndarray, preset) -> torch.Tensor:
     return torch.stack([preset.normalize(p) for p in pixels])  # (B, 3, 224, 224)
 
 
-def quantize_int8(onnx_path: Path, calib: torch.Tensor, out: Path) -> Path:
-    """Static int8 post-training quantization (QDQ, per-channel weights) calibrated on ``calib``."""
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.batches = iter([{"photos": b.numpy()} for b in calib.split(16)])
-
-        def get_next(self):
-            return next(self.batches, None)
-
-    pre = out.with_name("pre.onnx")
-    quant_pre_process(str(onnx_path), str(pre), skip_symbolic_shape=True)
-    quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
-    return out
-
-
 class PlainOpenVino:
     """OpenVINO as a user would assemble it: the graph compiled for the CPU at one precision, one
     synchronous request per batch (shoeclass's ``OpenVinoRuntime`` adds the batch split over streams)."""
 
     name = "openvino"
 
-    def __init__(self, path: Path, bf16: bool) -> None:
+    def __init__(self, path: Path, bf16: bool, int8: bool = False) -> None:
         import openvino as ov
 
-        self.precision = "bf16" if bf16 else "fp32"
+        self.precision = "int8" if int8 else "bf16" if bf16 else "fp32"
         model = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "bf16" if bf16 else "f32"})
         self.request, self.names = model.create_infer_request(), [o.get_any_name() for o in model.outputs]
 
@@ -114,7 +95,7 @@ class PlainOpenVino:
         return {name: np.array(res[i], dtype=np.float32) for i, name in enumerate(self.names)}
 
 
-def build_runtimes(clf: Classifier, calib: torch.Tensor | None, tmp: Path) -> dict:
+def build_runtimes(clf: Classifier) -> dict:
     """Every runtime of the comparison on the loaded network, by name: PyTorch, and ONNX Runtime
     and OpenVINO on the exported graph with their plain settings (what a user would assemble)."""
     net, meta = clf.net, clf.meta
@@ -127,11 +108,11 @@ def build_runtimes(clf: Classifier, calib: torch.Tensor | None, tmp: Path) -> di
         out["openvino fp32"] = PlainOpenVino(path, bf16=False)
         if cpu_has_bf16():
             out["openvino bf16"] = PlainOpenVino(path, bf16=True)
-    if calib is not None:
-        q = quantize_int8(path, calib, tmp / "int8.onnx")
+    q = int8_graph(clf.path, meta)
+    if q is not None:
         out["onnxruntime int8"] = OnnxRuntime(q)
         if runtime_available("openvino"):
-            out["openvino int8"] = OpenVinoRuntime(q, bf16=False)  # int8 kernels, the rest f32
+            out["openvino int8"] = PlainOpenVino(q, bf16=False, int8=True)  # int8 kernels, the rest f32
     for name, rt in out.items():
         rt.label = name
     return out
@@ -260,7 +241,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data"))
     ap.add_argument("--model", default=str(DEFAULT_MODEL))
     ap.add_argument("--rounds", type=int, help="interleaved speed rounds (default 5 quick, 15 full)")
-    ap.add_argument("--calib", type=int, default=256, help="validation photos calibrating int8 (0: no int8)")
     ap.add_argument("--no-retained", action="store_true", help="skip speed.py's retained checks")
     ap.add_argument("--retained-only", action="store_true", help="only speed.py's retained checks")
     ap.add_argument("--json", type=Path, help="also write every measurement here")
@@ -284,8 +264,6 @@ def main(argv: list[str] | None = None) -> int:
     test = table.subset(table.split == "test")
     if q:
         test = test.subset(np.sort(rng.choice(len(test), 200, replace=False)))
-    val = table.subset(table.split == "val")
-    calib_rows = np.sort(rng.choice(len(val), min(args.calib, len(val)), replace=False)) if args.calib else []
 
     torch_clf = Classifier(args.model, runtime="torch", bf16=False)
     t0 = time.perf_counter()
@@ -293,10 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"default runtime: {default.info['runtime']} (auto order {AUTO_ORDER}); loading it took "
           f"{time.perf_counter() - t0:.1f} s (ONNX export on first use, then cached)", flush=True)
     old = Classifier(args.model, runtime="torch")  # the shipped path before: PyTorch, bf16 where native
-    calib = _tensor(_pixels(list(np.asarray(val.paths())[calib_rows]), torch_clf.preset), torch_clf.preset) \
-        if len(calib_rows) else None
-    tmp = Path(tempfile.mkdtemp(prefix="shoeclass-runtimes-"))
-    runtimes = build_runtimes(torch_clf, calib, tmp)
+    runtimes = build_runtimes(torch_clf)
     runtimes["default (Classifier)"] = default.runtime
     default.runtime.label = default.info["runtime"]
 

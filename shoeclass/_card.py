@@ -98,6 +98,8 @@ def _check(card: dict) -> None:
         _decision(_get(card, "decision", dict))
     if card.get("materials") is not None:
         _materials(_get(card, "materials", dict))
+    if card.get("int8") is not None:
+        _int8(_get(card, "int8", dict))
 
 
 def _get(d: dict, key: str, kind: type, where: str = "") -> Any:
@@ -184,6 +186,19 @@ def _decision(dec: dict) -> None:
         clusters = _get(dec, "clusters", dict, "decision.")
         if not isinstance(clusters.get("clusters"), list) or not clusters["clusters"]:
             raise _Bad("decision.clusters.clusters", "must be a non-empty list")
+
+
+INT8_FILE = "model.int8.onnx"  # the int8 graph a card may seal (checkpoint.int8_graph)
+
+
+def _int8(sec: dict) -> None:
+    where = "int8."
+    if sec.get("file") != INT8_FILE:
+        raise _Bad(where + "file", f"must be {INT8_FILE!r} (beside model.json), got {_short(sec.get('file'))}")
+    _hex(sec, "sha256", where)
+    _hex(sec, "model_sha256", where)
+    _get(sec, "export_version", int, where)
+    _get(sec, "calibration", dict, where)
 
 
 def _materials(sec: dict) -> None:

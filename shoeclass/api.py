@@ -26,7 +26,7 @@ from .data import EvalPreset
 from .decision import DecisionLayer
 from .facts import DeclaredFacts
 from .images import ImageError, ImageInput, describe_source, load_image
-from .materials import MaterialHeads, as_named, tariff_prior
+from .materials import MaterialHeads, head_input, as_named, tariff_prior
 from .result import ItemResult, PhotoResult
 from .runtime import batched, prepare_for_inference
 from .tariff import classify_tariff, input_calibration_for
@@ -64,7 +64,7 @@ class Classifier:
         pre = self.meta["preprocessing"]  # validated against this code's preprocessing on load
         self.preset = EvalPreset(self.meta["backbone"], tuple(pre["mean"]), tuple(pre["std"]))
         self.bf16, self.batch_size = bf16, batch_size
-        self.runtime = load_runtime(runtime, self.net, self.meta, bf16, self.device)
+        self.runtime = load_runtime(runtime, self.net, self.meta, bf16, self.device, self.path)
         self.decision = DecisionLayer.from_dict(self.meta.get("decision"))
         self.tariff_inputs = input_calibration_for(self.meta["sha256"])  # fitted on val for this model
         self.thresholds = self.decision.thresholds
@@ -102,7 +102,7 @@ class Classifier:
         if "embedding" in res:
             res["embedding"] = self.decision.checks.embed(res["embedding"])  # (B, D) unit rows
             if self.materials is not None:  # (B, K) per part
-                res.update({f"materials_{part}": p for part, p in self.materials.photo_probs(res["embedding"]).items()})
+                res.update({f"materials_{part}": p for part, p in self.materials.photo_probs(head_input(res)).items()})
         return res
 
     def predict_tensors(self, x: torch.Tensor, stop: threading.Event | None = None) -> dict[str, np.ndarray]:

@@ -5,6 +5,10 @@ as float32 numpy arrays: ``logits`` (B, 14), ``gate`` (B, C) and ``suitability``
 the model has them, and the photo ``embedding`` (B, D). OpenVINO and ONNX Runtime run the ONNX
 export of the same network (``export.py``), made once per model and cached.
 
+OpenVINO runs the model folder's int8 graph where its card has one (``shoeclass quantize``;
+``checkpoint.int8_graph`` checks it), the rest in float; ``bf16=False`` asks for full precision and
+runs the fp32 export instead.
+
 ``auto`` takes the first runtime of :data:`AUTO_ORDER` that is installed: the order
 ``benchmarks/runtimes.py`` measured, fastest first among those whose decisions agree with fp32
 PyTorch on ≥ 99.5 % of the test photos' outputs (BENCHMARKS.md, "Runtimes"). Without the optional
@@ -99,19 +103,22 @@ class OpenVinoRuntime:
     one core each ran in 0.64 s against 1.06 s as one request on both (BENCHMARKS.md, issue 20).
 
     Args:
-        path: the ``.onnx`` file (fp32, or int8 QDQ from ``onnxruntime.quantization``).
-        bf16: OpenVINO's inference precision: True bf16, False f32, None bf16 where the CPU has it.
+        path: the ``.onnx`` file (fp32, or int8 QDQ from ``export.quantize_onnx``).
+        bf16: OpenVINO's inference precision of float layers: True bf16, False f32, None bf16 where
+            the CPU has it.
         threads: inference threads (default: torch's thread count).
+        int8: ``path`` is an int8 graph (labels the precision; its float layers run in f32).
     """
 
     name = "openvino"
     SPLIT_FROM = 8  # smaller batches run as one request: splitting them measured slower
 
-    def __init__(self, path: str | os.PathLike, bf16: bool | None = None, threads: int | None = None) -> None:
+    def __init__(self, path: str | os.PathLike, bf16: bool | None = None, threads: int | None = None,
+                 int8: bool = False) -> None:
         import openvino as ov
 
-        bf16 = cpu_has_bf16() if bf16 is None else bf16
-        self.precision = "bf16" if bf16 else "fp32"
+        bf16 = False if int8 else cpu_has_bf16() if bf16 is None else bf16
+        self.precision = "int8" if int8 else "bf16" if bf16 else "fp32"
         core = ov.Core()
         base = {"INFERENCE_PRECISION_HINT": "bf16" if bf16 else "f32",
                 "INFERENCE_NUM_THREADS": threads or torch.get_num_threads()}
@@ -151,14 +158,16 @@ class OpenVinoRuntime:
 
 
 def load_runtime(runtime: str | None, net: torch.nn.Module, meta: dict, bf16: bool | None = None,
-                 device: torch.device | str = "cpu"):
+                 device: torch.device | str = "cpu", folder: str | os.PathLike | None = None):
     """The runtime that will run ``net`` (loaded from a model folder with metadata ``meta``).
 
     Args:
         runtime: ``auto``, ``torch``, ``openvino`` or ``onnxruntime``; None: ``$SHOECLASS_RUNTIME``
             or :data:`DEFAULT`.
-        bf16: precision where the runtime offers bf16 (None: bf16 where the CPU has it).
+        bf16: precision where the runtime offers bf16 (None: bf16 where the CPU has it); False
+            also keeps OpenVINO off the int8 graph.
         device: where ``net`` runs; off the CPU only PyTorch runs it.
+        folder: the model folder, where OpenVINO looks for the int8 graph the card names.
 
     Raises:
         ValueError: an unknown runtime, or a named one whose package is not installed (with the
@@ -178,8 +187,12 @@ def load_runtime(runtime: str | None, net: torch.nn.Module, meta: dict, bf16: bo
         if name == "torch":
             return TorchRuntime(net, bf16, device)
         try:
+            from .checkpoint import int8_graph
             from .export import cached_onnx
 
+            int8 = int8_graph(folder, meta) if name == "openvino" and folder and bf16 is not False else None
+            if int8 is not None:
+                return OpenVinoRuntime(int8, int8=True)
             path = cached_onnx(net, meta)
             return OpenVinoRuntime(path, bf16) if name == "openvino" else OnnxRuntime(path)
         except Exception as exc:  # an exporter or runtime failure must not stop inference under auto

@@ -22,14 +22,14 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from ._card import CHECKSUM_FIELD, card_checksum, card_problem, changed_fields
+from ._card import CHECKSUM_FIELD, INT8_FILE, card_checksum, card_problem, changed_fields
 from .attributes import OUTPUT_KEYS
 from .assets import asset
 from .backbones import get_backbone
 from .models import EnsembleNet, ModelConfig, ShoeNet, build_model, build_trunk, share_stem, state_checksum
 
 __all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "read_metadata", "resolve_path",
-           "reseal_card", "DEFAULT_MODEL", "FORMAT_VERSION"]
+           "reseal_card", "file_sha256", "int8_graph", "INT8_FILE", "DEFAULT_MODEL", "FORMAT_VERSION"]
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ class CheckpointError(ValueError):
     """A model file that must not be loaded; the message says why and how to fix it."""
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     h = hashlib.sha256()
     with path.open("rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
@@ -82,7 +82,7 @@ def save_checkpoint(model: torch.nn.Module, folder: str | Path, meta: dict) -> P
     save_file({k: v.contiguous() for k, v in state.items()}, str(tmp))
     tmp.replace(folder / TENSORS)
     meta = dict(meta, format_version=FORMAT_VERSION, attributes=list(OUTPUT_KEYS),
-                model=asdict(model.cfg), sha256=_sha256(folder / TENSORS))
+                model=asdict(model.cfg), sha256=file_sha256(folder / TENSORS))
     if "preprocessing" not in meta:
         from .data import preprocess_config
 
@@ -135,7 +135,7 @@ def reseal_card(path: str | Path) -> Path:
     if meta.get("format_version") != 1:
         raise CheckpointError(f"{folder / METADATA}: format_version {meta.get('format_version')!r}; only "
                               "format 1 cards are resealed")
-    if _sha256(folder / TENSORS) != meta.get("sha256"):
+    if file_sha256(folder / TENSORS) != meta.get("sha256"):
         raise CheckpointError(f"{folder / TENSORS}: sha256 does not match {METADATA}; not resealed")
     _write_card(folder, dict(meta, format_version=FORMAT_VERSION))
     return folder
@@ -210,7 +210,7 @@ def load_checkpoint(path: str | Path | None = None,
     tensors = folder / TENSORS
     if not tensors.is_file():
         raise CheckpointError(f"{tensors}: missing; copy the whole model folder")
-    if _sha256(tensors) != meta.get("sha256"):
+    if file_sha256(tensors) != meta.get("sha256"):
         raise CheckpointError(f"{tensors}: sha256 does not match {METADATA}; the file is corrupt or was "
                               "replaced. Copy the model folder again from its source.")
     try:
@@ -265,3 +265,25 @@ def _build(cfg: ModelConfig, state: dict[str, torch.Tensor], trunk_weights: str 
                               "the heads were trained on; install the weights named in "
                               f"{METADATA} ('trunk') or retrain")
     return model
+
+
+def int8_graph(folder: str | Path, meta: dict) -> Path | None:
+    """The model folder's int8 graph (``shoeclass quantize``), checked against its card; None when
+    the card has none.
+
+    Raises:
+        CheckpointError: the file is missing or fails its sha256, or it was made from another
+            model or another export of it (the message says to rerun ``shoeclass quantize``).
+    """
+    from .export import EXPORT_VERSION
+
+    sec = meta.get("int8")
+    if not sec:
+        return None
+    path = Path(folder) / sec["file"]
+    fix = f"rerun `shoeclass quantize --model {folder} --data DATA`, or use runtime='torch'"
+    if not path.is_file() or file_sha256(path) != sec["sha256"]:
+        raise CheckpointError(f"{path}: missing or its sha256 does not match the card's int8 section; {fix}")
+    if sec["model_sha256"] != meta["sha256"] or sec["export_version"] != EXPORT_VERSION:
+        raise CheckpointError(f"{path}: made from another model or export than {folder}'s; {fix}")
+    return path

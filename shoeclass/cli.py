@@ -267,6 +267,15 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_quantize(args: argparse.Namespace) -> int:
+    from .training.quantize import quantize_model
+
+    section = quantize_model(args.model, args.data, photos=args.photos, split=args.split)
+    print(f"int8 graph written to {Path(args.model) / section['file']} (calibrated on {section['calibration']['photos']} "
+          f"{args.split} photos); OpenVINO runs it from now on")
+    return 0
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="shoeclass", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -351,6 +360,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="model folder (default: the shipped model)")
     p.add_argument("--out", required=True, help="the .onnx file to write")
     p.set_defaults(func=cmd_export)
+    p = sub.add_parser("quantize", help="write the int8 graph of a model folder, calibrated on labelled photos "
+                                        "(OpenVINO runs it by default)")
+    p.add_argument("--model", required=True, help="model folder whose card is rewritten")
+    p.add_argument("--data", required=True, help="dataset folder with labels.csv")
+    p.add_argument("--split", default="val", help="split whose photos calibrate the activation ranges")
+    p.add_argument("--photos", type=_positive_int, default=512, help="photos drawn from the split")
+    p.set_defaults(func=cmd_quantize)
 
     add_serve_parser(sub)
     load_scraper("cli").add_parsers(sub)  # scrape, import-folder, fetch

@@ -9,9 +9,10 @@ shared/spec/tariff-ch64.md. The classes are the tariff's (notes 3(a), 3(b)):
 * sole: rubber or plastics / leather or composition leather / wood or cork / textile / other.
 
 Each part is one softmax over the classes that had enough text-labelled training photos (the
-others get probability 0). It reads the photo embedding ``Classifier.predict_tensors`` returns
-(every member's standardised trunk features, photo and mirror averaged, concatenated, unit
-length), standardised once more on the training photos, and is temperature-calibrated on
+others get probability 0). It reads :func:`head_input`: the photo ``embedding``
+``Classifier.predict_tensors`` returns (untuned ImageNet features, unit length) and, from an
+ensemble, its ``features`` beside it (what the tuned tails make of the photo, unit length; they
+read leather better), standardised once more on the training photos; temperature-calibrated on
 validation. Items fuse their photos with the Bayesian fusion of the attributes (``fusion.py``),
 one class against the rest, renormalised. The heads live beside the model they were fitted on:
 ``materials.safetensors`` and the ``materials`` section of the model card (classes, temperature,
@@ -20,7 +21,7 @@ priors, the checksum of the tensor file), so the card checksum covers them;
 
 Example:
     >>> heads = MaterialHeads.load("weights/default", meta)      # None when not fitted
-    >>> heads.photo_probs(embedding)["upper"]                     # (B, 5) over MATERIAL_CLASSES["upper"]
+    >>> heads.photo_probs(head_input(outputs))["upper"]           # (B, 5) over MATERIAL_CLASSES["upper"]
 """
 from __future__ import annotations
 
@@ -94,6 +95,15 @@ class PartHead:
 
     def _cols(self) -> list[int]:
         return [MATERIAL_CLASSES[self.part].index(c) for c in self.classes]
+
+
+def head_input(outputs: Mapping[str, np.ndarray]) -> np.ndarray:
+    """(B, D) input of the heads from a batch's network outputs: the ``embedding`` and, where the
+    network gives them, the ``features``, each scaled to unit length, side by side."""
+    parts = [np.asarray(outputs[k], dtype=np.float32) for k in ("embedding", "features") if k in outputs]
+    if not parts:
+        raise ValueError("the network gives no photo embedding: material heads need one")
+    return np.concatenate([p / np.maximum(np.linalg.norm(p, axis=1, keepdims=True), 1e-12) for p in parts], 1)
 
 
 class MaterialHeads:

@@ -266,7 +266,9 @@ class EnsembleNet(nn.Module):
 
     The ``embedding`` is the ImageNet tail that the members' tuning started from (``reference``,
     sharing the stem), run on the stem's map: features that still tell products apart, where the
-    tuned tails have learned to ignore all but the attributes (BENCHMARKS.md, issue 15).
+    tuned tails have learned to ignore all but the attributes (BENCHMARKS.md, issue 15). The
+    ``features`` are the tuned tails' own (each member's, standardised as its heads read them,
+    side by side): they read a material better than the untuned ones (BENCHMARKS.md, issue 16).
 
     Args:
         members: fine-tuned :class:`ShoeNet` s of one backbone and one ``tuned_blocks``.
@@ -299,8 +301,11 @@ class EnsembleNet(nn.Module):
         if self.flip:
             x = torch.cat([x, x.flip(3)])  # (2B, 3, H, W): photos, then their mirror images
         s = self.members[0].trunk.stem(x)  # shared frozen stem
-        outs = [m.heads(m.trunk.tail(s)) for m in self.members]
+        feats = [m.trunk.tail(s) for m in self.members]
+        outs = [m.heads(f) for m, f in zip(self.members, feats)]
         avg = {k: torch.stack([o[k] for o in outs]).mean(0) for k in outs[0]}  # (2B, K) each
+        # what the members' tuning made of the photo, standardised as each member's heads read it
+        avg["features"] = torch.cat([(f - m.heads.mu) / m.heads.sigma for m, f in zip(self.members, feats)], 1)
         if self.reference is not None:
             avg["embedding"] = self.reference.tail(s)  # (2B, D) untuned ImageNet features
         # split by view count, not by len(x): an ONNX export then keeps the batch size free

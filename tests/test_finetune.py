@@ -105,7 +105,7 @@ def test_interrupted_tuning_resumes_and_other_settings_are_refused(tiny_dataset,
 def test_missing_tail_tensors_are_refused(tuned_model, tmp_path):
     from safetensors.torch import save_file
 
-    from shoeclass.checkpoint import _sha256, update_card
+    from shoeclass.checkpoint import file_sha256, update_card
 
     folder = tmp_path / "m"
     folder.mkdir()
@@ -113,7 +113,7 @@ def test_missing_tail_tensors_are_refused(tuned_model, tmp_path):
              if not k.startswith("trunk.body._bn1")}
     save_file(state, str(folder / "model.safetensors"))
     (folder / "model.json").write_text((tuned_model / "model.json").read_text())
-    update_card(folder, {"sha256": _sha256(folder / "model.safetensors")})  # a card that vouches for them
+    update_card(folder, {"sha256": file_sha256(folder / "model.safetensors")})  # a card that vouches for them
     meta = json.loads((folder / "model.json").read_text())
     with pytest.raises(CheckpointError, match="do not fit"):
         load_checkpoint(folder)

@@ -7,7 +7,7 @@ import torch
 
 from shoeclass_scraper.keywords import KeywordRules
 from shoeclass.attributes import OUTPUT_KEYS
-from shoeclass.materials import MATERIAL_CLASSES, MaterialHeads, PartHead, tariff_prior
+from shoeclass.materials import MATERIAL_CLASSES, MaterialHeads, PartHead, head_input, tariff_prior
 from shoeclass.check import check_code
 from shoeclass.tariff import DeclaredFacts, classify_tariff
 from shoeclass.training.materials import fit_heads, masked_cross_entropy
@@ -169,3 +169,15 @@ def test_check_of_a_declared_code_on_a_synthetic_item():
     assert not boots["consistent"] and any("height" in str(c) for c in boots["conflicts"])
     with pytest.raises(ValueError, match="10-digit leaf"):
         check_code(probs, "6404")
+
+
+def test_heads_read_the_embedding_and_an_ensembles_features_at_one_scale():
+    rng = np.random.default_rng(1)
+    emb, feats = rng.normal(size=(3, 4)), 100 * rng.normal(size=(3, 6))  # features on another scale
+    x = head_input({"embedding": emb, "features": feats, "logits": rng.normal(size=(3, 14))})
+    assert x.shape == (3, 10)  # the logits are not an input
+    np.testing.assert_allclose(np.linalg.norm(x[:, :4], axis=1), 1, rtol=1e-6)  # each part at unit length
+    np.testing.assert_allclose(np.linalg.norm(x[:, 4:], axis=1), 1, rtol=1e-6)
+    np.testing.assert_allclose(head_input({"embedding": 5 * emb}), head_input({"embedding": emb}), rtol=1e-6)
+    with pytest.raises(ValueError, match="embedding"):
+        head_input({"logits": emb})

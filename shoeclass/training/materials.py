@@ -27,7 +27,7 @@ from ..data import table_outputs
 from ..labels import LabelTable, read_labels
 from ..calibration import SoftmaxTemperature
 from ..checkpoint import update_card
-from ..materials import MATERIAL_CLASSES, MaterialHeads, PartHead
+from ..materials import MATERIAL_CLASSES, MaterialHeads, PartHead, head_input
 
 __all__ = ["read_texts", "material_labels", "feature_cache", "masked_cross_entropy", "fit_heads", "fit_materials"]
 
@@ -51,7 +51,7 @@ def _cache_path(clf: Classifier, cache_dir: str | Path) -> Path:
     """One file per model tensors and embedding standardisation (a refit of the item checks
     changes the embeddings the heads read)."""
     checks = json.dumps(clf.decision.checks.to_dict(), sort_keys=True).encode()
-    return Path(cache_dir) / f"{clf.meta['sha256'][:16]}-{hashlib.sha256(checks).hexdigest()[:8]}.npz"
+    return Path(cache_dir) / f"{clf.meta['sha256'][:16]}-{hashlib.sha256(checks).hexdigest()[:8]}-v2.npz"
 
 
 def cached_images(clf: Classifier, cache_dir: str | Path = ".cache/materials") -> set[str]:
@@ -65,8 +65,8 @@ def cached_images(clf: Classifier, cache_dir: str | Path = ".cache/materials") -
 
 def feature_cache(clf: Classifier, table: LabelTable, cache_dir: str | Path = ".cache/materials",
                   progress: bool = True, chunk: int = 512) -> dict[str, np.ndarray]:
-    """The photo ``embedding`` (N, D) float16 and the attribute outputs (``logits``, ``gate``,
-    ``suitability``) of every photo of ``table``, in its order, as ``clf.predict_tensors`` gives them.
+    """The photo ``embedding`` (N, D) and an ensemble's ``features`` (N, F), float16, and the
+    attribute outputs (``logits``, ``gate``, ``suitability``) of every photo of ``table``, in its order, as ``clf.predict_tensors`` gives them.
 
     One cache file per model checksum in ``cache_dir`` holds every photo computed so far; only
     photos missing from it go through the model, saved after every ``chunk`` photos, so an
@@ -101,7 +101,7 @@ def _compute(clf: Classifier, table: LabelTable, progress: bool) -> dict[str, np
             raise ValueError(f"{clf.path}: the model gives no photo embedding (runtime {clf.runtime.name}); "
                              f"material heads need the torch runtime and a model with standardised heads")
         res = {k: out[k] for k in ("logits", "gate", "suitability") if k in out}
-        res["embedding"] = out["embedding"].astype(np.float16)  # (B, D)
+        res.update({k: out[k].astype(np.float16) for k in ("embedding", "features") if k in out})  # (B, D)
         return res
 
     logger.info("computing embeddings of %d photos for %s", len(table), clf.path)
@@ -242,7 +242,7 @@ def fit_materials(model: str | Path | None, data: str | Path, cache_dir: str | P
     fusion = (clf.meta.get("decision") or {}).get("fusion")
     # The attributes' photo correlation (median over outputs): the same photos, the same dependence.
     rho = float(np.median(fusion["rho"])) if fusion else 1.0
-    heads, summary = fit_heads(out["embedding"], labels, table.split, rho, min_train=min_train, balanced=balanced)
+    heads, summary = fit_heads(head_input(out), labels, table.split, rho, min_train=min_train, balanced=balanced)
     heads.info = {"model_sha256": clf.meta["sha256"], "data": Path(data).name, "photos": int(len(table)),
                   "train_photos": int((table.split == "train").sum()), "max_train": max_train, "balanced": balanced,
                   "rules": "configs/keywords.yaml materials", "metrics": summary}
