@@ -80,7 +80,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0, help="picks the wrong-heading code per photo")
     args = ap.parse_args()
     t0 = time.time()
-    clf = Classifier(args.model, runtime="torch")
+    clf = Classifier(args.model)  # the default runtime, as fit-materials and inference run it
     if clf.materials is None:
         raise SystemExit(f"{clf.path} has no material heads: run `shoeclass fit-materials --model {clf.path} "
                          f"--data {args.data}` first")

@@ -48,10 +48,11 @@ def read_texts(data: str | Path) -> dict[str, str]:
 
 
 def _cache_path(clf: Classifier, cache_dir: str | Path) -> Path:
-    """One file per model tensors and embedding standardisation (a refit of the item checks
-    changes the embeddings the heads read)."""
+    """One file per model tensors, embedding standardisation (a refit of the item checks changes
+    the embeddings the heads read) and runtime (int8 features are not fp32's)."""
     checks = json.dumps(clf.decision.checks.to_dict(), sort_keys=True).encode()
-    return Path(cache_dir) / f"{clf.meta['sha256'][:16]}-{hashlib.sha256(checks).hexdigest()[:8]}-v2.npz"
+    return Path(cache_dir) / (f"{clf.meta['sha256'][:16]}-{hashlib.sha256(checks).hexdigest()[:8]}-"
+                              f"{clf.runtime.name}-{clf.runtime.precision}-v2.npz")
 
 
 def cached_images(clf: Classifier, cache_dir: str | Path = ".cache/materials") -> set[str]:
