@@ -39,9 +39,13 @@ def test_ensemble_averages_each_members_own_outputs_over_the_photo_and_its_mirro
     with torch.inference_mode():
         got = EnsembleNet(members, flip=True)(x)
         want = [m(v) for m in members for v in (x, x.flip(3))]
-    assert set(got) == {"logits", "gate", "suitability"} and got["logits"].shape == (3, 14)
-    for k in got:
+    assert set(got) == {"logits", "gate", "suitability", "features"} and got["logits"].shape == (3, 14)
+    for k in ("logits", "gate", "suitability"):
         torch.testing.assert_close(got[k], torch.stack([w[k] for w in want]).mean(0), rtol=1e-4, atol=1e-5)
+    # features: each member's trunk features as its heads standardise them, side by side, per view
+    per_view = [torch.cat([(want[2 * i + v]["embedding"] - m.heads.mu) / m.heads.sigma for i, m in enumerate(members)], 1)
+                for v in (0, 1)]
+    torch.testing.assert_close(got["features"], (per_view[0] + per_view[1]) / 2, rtol=1e-4, atol=1e-4)
 
 
 def test_flipped_ensemble_does_not_care_which_way_the_shoe_points(members):
