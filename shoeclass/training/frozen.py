@@ -89,8 +89,9 @@ def fit_heads(heads: torch.nn.Module, x: np.ndarray, y: np.ndarray, w: np.ndarra
     """
     torch.manual_seed(cfg.seed)
     t0 = time.time()
-    heads.mu.copy_(torch.from_numpy(x.mean(0)))
-    heads.sigma.copy_(torch.from_numpy(x.std(0) + 1e-3))
+    sigma, mu = torch.std_mean(torch.from_numpy(x).float(), 0, correction=0)  # numpy's std(0), on every core
+    heads.mu.copy_(mu)
+    heads.sigma.copy_(sigma + 1e-3)
     dev = distributed.device()  # NCCL reduces GPU tensors only: under torchrun on GPUs the heads go there
     heads.to(dev)
     cw = torch.from_numpy(class_weights(y, cfg.balance)).to(dev)
