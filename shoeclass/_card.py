@@ -191,22 +191,23 @@ def _decision(dec: dict) -> None:
 INT8_FILE = "model.int8.onnx"  # the int8 graph a card may seal (checkpoint.int8_graph)
 
 
-def _int8(sec: dict) -> None:
-    where = "int8."
-    if sec.get("file") != INT8_FILE:
-        raise _Bad(where + "file", f"must be {INT8_FILE!r} (beside model.json), got {_short(sec.get('file'))}")
+def _sealed_file(sec: dict, where: str, name: str) -> None:
+    """A file beside model.json that the card seals: its name, its sha256, the model it belongs to."""
+    if sec.get("file") != name:
+        raise _Bad(where + "file", f"must be {name!r} (beside model.json), got {_short(sec.get('file'))}")
     _hex(sec, "sha256", where)
     _hex(sec, "model_sha256", where)
-    _get(sec, "export_version", int, where)
-    _get(sec, "calibration", dict, where)
+
+
+def _int8(sec: dict) -> None:
+    _sealed_file(sec, "int8.", INT8_FILE)
+    _get(sec, "export_version", int, "int8.")
+    _get(sec, "calibration", dict, "int8.")
 
 
 def _materials(sec: dict) -> None:
     where = "materials."
-    if sec.get("file") != MATERIAL_TENSORS:
-        raise _Bad(where + "file", f"must be {MATERIAL_TENSORS!r} (beside model.json), got {_short(sec.get('file'))}")
-    _hex(sec, "sha256", where)
-    _hex(sec, "model_sha256", where)
+    _sealed_file(sec, where, MATERIAL_TENSORS)
     dim = _get(sec, "dim", int, where)
     if dim < 1:
         raise _Bad(where + "dim", f"must be >= 1, got {dim}")
