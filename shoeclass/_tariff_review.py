@@ -42,7 +42,10 @@ def used(chain: list) -> set[str]:
 
 def _best(dist: Mapping[str, float]) -> str | None:
     """The most likely code; ties (to 1e-12, the rounding of the one-walk conditionals) go to the lower code."""
-    return min(dist.items(), key=lambda kv: (-round(kv[1], 12), kv[0]))[0] if dist else None
+    if not dist:
+        return None
+    top = max(dist.values()) - 1e-12
+    return min(code for code, q in dist.items() if q >= top)
 
 
 def _fixed(dists: Mapping, cond: Mapping[str, Any]) -> list[tuple[float, dict]]:
@@ -88,7 +91,7 @@ def missing(rules: RuleSet, dists: Mapping, base: Mapping[str, float],
     def changing_after(name: str, fact: str, value: Any) -> bool:
         """Whether ``name`` changes the top code of the world where ``fact = value`` is stated."""
         if (fact, value) not in stated:
-            world, worlds = leaf_conditionals(rules, dists, {fact: value})
+            world, worlds = leaf_conditionals(rules, dists, {fact: value}, track=later)
             stated[(fact, value)] = (_best(world), worlds)
         return bool(changing(name, *stated[(fact, value)]))
 
@@ -96,7 +99,8 @@ def missing(rules: RuleSet, dists: Mapping, base: Mapping[str, float],
     priors = [n for n, v in rules.variables.items() if v.field and facts.get(v.field) is None
               and _source(v, given) == "prior"]
     first = {n: vals for n in priors if (vals := changing(n, top, conditional))}
-    second = {n for n in priors if n not in first and any(
+    later = [n for n in priors if n not in first]  # facts that may decide once a first one is stated
+    second = {n for n in later if any(
         changing_after(n, f, v) for f, vals in first.items() for v in vals)}
     for name, var in rules.variables.items():
         if var.field is None or facts.get(var.field) is not None:

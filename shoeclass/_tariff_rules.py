@@ -19,7 +19,7 @@ import math
 from dataclasses import dataclass
 from dataclasses import field as dc_field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Collection, Mapping
 
 import yaml
 from pydantic import ValidationError
@@ -350,11 +350,11 @@ def condition_probability(cond: Condition, dists: Mapping[str, Mapping[Value, fl
 
 def leaf_distribution(rules: RuleSet, dists: Mapping[str, Mapping[Value, float]]) -> dict[str, float]:
     """Exact p(leaf) for every leaf reached with positive probability (first match wins)."""
-    return leaf_conditionals(rules, dists)[0]
+    return leaf_conditionals(rules, dists, track=())[0]
 
 
 def leaf_conditionals(rules: RuleSet, dists: Mapping[str, Mapping[Value, float]],
-                      fixed: Mapping[str, Value] | None = None
+                      fixed: Mapping[str, Value] | None = None, track: Collection[str] | None = None
                       ) -> tuple[dict[str, float], dict[tuple[str, Value], dict[str, float]]]:
     """p(leaf), and p(leaf | name = value) for every uncertain variable value, in one walk of the tree.
 
@@ -362,7 +362,8 @@ def leaf_conditionals(rules: RuleSet, dists: Mapping[str, Mapping[Value, float]]
     on each (variable, value). Stating ``name = value`` leaves the paths that never test ``name``
     as they are, drops those that took another value and divides those that took ``value`` by its
     probability (variables are independent), so every one-fact world comes from the one walk
-    instead of a walk each. ``fixed`` states variables first, as in :func:`leaf_distribution`.
+    instead of a walk each. ``fixed`` states variables first; ``track`` limits the worlds to those
+    variables (None: every variable).
     """
     if fixed:
         dists = {**dists, **{n: {v: 1.0} for n, v in fixed.items()}}
@@ -389,7 +390,8 @@ def leaf_conditionals(rules: RuleSet, dists: Mapping[str, Mapping[Value, float]]
                         continue
                     sub_total, sub_by = walk(group, i, {**assign, res: value})
                     add(total, sub_total, p)
-                    add(by.setdefault((res, value), {}), sub_total, p)
+                    if track is None or res in track:
+                        add(by.setdefault((res, value), {}), sub_total, p)
                     for kv, d in sub_by.items():
                         add(by.setdefault(kv, {}), d, p)
                 break
@@ -402,6 +404,8 @@ def leaf_conditionals(rules: RuleSet, dists: Mapping[str, Mapping[Value, float]]
     total, by = walk(rules.tree, 0, {})
     conditional: dict[tuple[str, Value], dict[str, float]] = {}
     for name, dist in dists.items():
+        if track is not None and name not in track:
+            continue
         taken = [by[(name, v)] for v in dist if (name, v) in by]
         untouched = dict(total)
         for d in taken:
