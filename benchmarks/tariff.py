@@ -39,6 +39,7 @@ from shoeclass._tariff_rules import leaf_distribution  # noqa: E402
 from shoeclass.api import Classifier  # noqa: E402
 from shoeclass.attributes import HEIGHT_KEYS, OUTPUT_KEYS  # noqa: E402
 from shoeclass.facts import DeclaredFacts  # noqa: E402
+from shoeclass.labels import CATALOGUE_SOURCES  # noqa: E402
 from shoeclass.tariff import (INPUTS_PATH, REVIEW_BELOW, InputCalibration, classify_tariff,  # noqa: E402
                               fit_input_calibration, input_calibration_for, load_tariff_rules)
 
@@ -115,7 +116,7 @@ def run_set(name: str, out: dict, rules, base: dict | None, review_below: float 
     known = np.array([t is not None for t in truth])
     agree = {k: np.array([p is not None and t is not None and p[:k] == t[:k] for p, t in zip(pred, truth)])
              for k in (4, 6, 10)}
-    return {"name": name, "n": n, "conf": conf, "ok": ok, "known": known, "agree": agree, "pred": pred,
+    return {"name": name, "n": n, "source": out["source"], "conf": conf, "ok": ok, "known": known, "agree": agree, "pred": pred,
             "truth": truth, "asked_indoor": asked_indoor, "tags": tags, "review_below": review_below}
 
 
@@ -160,6 +161,11 @@ def report(r: dict) -> tuple[float, float]:
           f"6 digits {r['agree'][6][known].mean():.3f}, 10 digits {a10[known].mean():.3f}")
     print(f"  at review_below={r['review_below']}: ok {ok.sum()} ({ok_share:.3f}); 10-digit agreement among ok "
           f"items with a true code {acc:.4f} ({ok_known.sum()} items)")
+    for kind, sel in (("catalogue", np.isin(r["source"], CATALOGUE_SOURCES)), ("worn", r["source"] == "worn"),
+                      ("street", r["source"] == "street")):
+        k_ok = ok & known & sel
+        print(f"    {kind}: {sel.sum()} items, ok {ok[sel].mean() if sel.any() else float('nan'):.3f}, 10-digit "
+              f"agreement among ok {a10[k_ok].mean() if k_ok.any() else float('nan'):.4f} ({k_ok.sum()} items)")
     print("  threshold  ok-share  agreement@10 (ok items with a true code)")
     for t in GRID:
         sel = (r["conf"] >= t) & known
