@@ -187,10 +187,9 @@ def load_runtime(runtime: str | None, net: torch.nn.Module, meta: dict, bf16: bo
         if name == "torch":
             return TorchRuntime(net, bf16, device)
         try:
-            from .checkpoint import int8_graph
             from .export import cached_onnx
 
-            int8 = int8_graph(folder, meta) if name == "openvino" and folder and bf16 is not False else None
+            int8 = _int8_graph(runtime, folder, meta) if name == "openvino" and folder and bf16 is not False else None
             if int8 is not None:
                 return OpenVinoRuntime(int8, int8=True)
             path = cached_onnx(net, meta)
@@ -201,3 +200,17 @@ def load_runtime(runtime: str | None, net: torch.nn.Module, meta: dict, bf16: bo
             logger.warning("runtime %s unavailable for this model (%s: %s); trying the next one",
                            name, type(exc).__name__, str(exc)[:200])
     return TorchRuntime(net, bf16, device)
+
+
+def _int8_graph(runtime: str, folder: str | os.PathLike, meta: dict):
+    """The folder's checked int8 graph; under ``auto`` one that fails its card is named in a warning
+    and OpenVINO runs the float export instead (named runtimes raise)."""
+    from .checkpoint import CheckpointError, int8_graph
+
+    try:
+        return int8_graph(folder, meta)
+    except CheckpointError as exc:
+        if runtime != "auto":
+            raise
+        logger.warning("%s; running the float graph", exc)
+        return None
