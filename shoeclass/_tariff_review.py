@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from ._tariff_rules import RuleSet, Variable, condition_probability, condition_vars, leaf_conditionals, leaf_distribution
+from ._tariff_rules import RuleSet, Variable, Worlds, condition_probability, condition_vars, leaf_distribution
 from .facts import FACTS
 
 _FACTS = {f.name: f for f in FACTS}
@@ -40,14 +40,6 @@ def used(chain: list) -> set[str]:
     return used
 
 
-def _best(dist: Mapping[str, float]) -> str | None:
-    """The most likely code; ties (to 1e-12, the rounding of the one-walk conditionals) go to the lower code."""
-    if not dist:
-        return None
-    top = max(dist.values()) - 1e-12
-    return min(code for code, q in dist.items() if q >= top)
-
-
 def _fixed(dists: Mapping, cond: Mapping[str, Any]) -> list[tuple[float, dict]]:
     """(p, dists with the condition's variables fixed) for each assignment the condition allows."""
     out = [(1.0, dict(dists))]
@@ -75,33 +67,29 @@ def assumptions(rules: RuleSet, chain: list, top: str, p_top: float, dists: Mapp
     return out
 
 
-def missing(rules: RuleSet, dists: Mapping, base: Mapping[str, float],
-            conditional: Mapping[tuple[str, Any], Mapping[str, float]], top: str, facts: Mapping,
-            given: Mapping) -> list[dict[str, Any]]:
+def priors(rules: RuleSet, facts: Mapping, given: Mapping) -> list[str]:
+    """The variables of undeclared facts left to the rules file's prior."""
+    return [n for n, v in rules.variables.items() if v.field and facts.get(v.field) is None
+            and _source(v, given) == "prior"]
+
+
+def missing(rules: RuleSet, worlds: Worlds, top: str, facts: Mapping, given: Mapping) -> list[dict[str, Any]]:
     """Every undeclared fact whose value changes the top code, with the mass stating it moves. A fact
     left to a prior counts too when it changes the top code once another such fact is stated so as
     to change it (gender decides only after the insole length is known to be 24 cm or more).
-    ``conditional``: p(leaf | fact = value) for each uncertain value (:func:`leaf_conditionals`)."""
-    def changing(name: str, here: str | None, worlds: Mapping) -> list:
-        """The values of ``name`` that, stated, move the top code away from ``here``."""
-        return [v for v, q in dists[name].items() if 0.0 < q < 1.0 and _best(worlds[(name, v)]) != here]
+    ``worlds``: the tree's walk, with the pairs of the :func:`priors` kept."""
+    dists = worlds.dists
 
-    stated: dict[tuple[str, Any], tuple[str | None, dict]] = {}  # (fact, value) -> (top, its one-fact worlds)
+    def changing(name: str, here: str | None, *stated: tuple[str, Any]) -> list:
+        """The values of ``name`` that, stated (beside ``stated``), move the top code away from ``here``."""
+        return [v for v, q in dists[name].items() if 0.0 < q < 1.0 and worlds.best(*stated, (name, v)) != here]
 
-    def changing_after(name: str, fact: str, value: Any) -> bool:
-        """Whether ``name`` changes the top code of the world where ``fact = value`` is stated."""
-        if (fact, value) not in stated:
-            world, worlds = leaf_conditionals(rules, dists, {fact: value}, track=later)
-            stated[(fact, value)] = (_best(world), worlds)
-        return bool(changing(name, *stated[(fact, value)]))
-
+    prior = priors(rules, facts, given)
+    first = {n: vals for n in prior if (vals := changing(n, top))}
+    later = [n for n in prior if n not in first]  # facts that may decide once a first one is stated
+    second = {n for n in later if any(changing(n, worlds.best((f, v)), (f, v))
+                                      for f, vals in first.items() for v in vals)}
     out = []
-    priors = [n for n, v in rules.variables.items() if v.field and facts.get(v.field) is None
-              and _source(v, given) == "prior"]
-    first = {n: vals for n in priors if (vals := changing(n, top, conditional))}
-    later = [n for n in priors if n not in first]  # facts that may decide once a first one is stated
-    second = {n for n in later if any(
-        changing_after(n, f, v) for f, vals in first.items() for v in vals)}
     for name, var in rules.variables.items():
         if var.field is None or facts.get(var.field) is not None:
             continue
@@ -109,9 +97,8 @@ def missing(rules: RuleSet, dists: Mapping, base: Mapping[str, float],
         for value, q in dists[name].items():
             if q <= 0.0 or q >= 1.0:
                 continue
-            alt = conditional[(name, value)]
-            moved += q * 0.5 * sum(abs(alt.get(c, 0.0) - base.get(c, 0.0)) for c in set(alt) | set(base))
-            alt_top = _best(alt)
+            moved += q * worlds.moved((name, value))
+            alt_top = worlds.best((name, value))
             if alt_top != top:
                 p_change += q
                 codes[str(value).lower()] = alt_top

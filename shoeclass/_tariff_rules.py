@@ -21,6 +21,7 @@ from dataclasses import field as dc_field
 from pathlib import Path
 from typing import Any, Collection, Mapping
 
+import numpy as np
 import yaml
 from pydantic import ValidationError
 
@@ -350,70 +351,131 @@ def condition_probability(cond: Condition, dists: Mapping[str, Mapping[Value, fl
 
 def leaf_distribution(rules: RuleSet, dists: Mapping[str, Mapping[Value, float]]) -> dict[str, float]:
     """Exact p(leaf) for every leaf reached with positive probability (first match wins)."""
-    return leaf_conditionals(rules, dists, track=())[0]
+    return leaf_worlds(rules, dists, track=()).total
 
 
-def leaf_conditionals(rules: RuleSet, dists: Mapping[str, Mapping[Value, float]],
-                      fixed: Mapping[str, Value] | None = None, track: Collection[str] | None = None
-                      ) -> tuple[dict[str, float], dict[tuple[str, Value], dict[str, float]]]:
-    """p(leaf), and p(leaf | name = value) for every uncertain variable value, in one walk of the tree.
+Fact = tuple[str, Value]
 
-    The walk of :func:`leaf_distribution` also keeps, per leaf, the mass of the paths that branched
-    on each (variable, value). Stating ``name = value`` leaves the paths that never test ``name``
-    as they are, drops those that took another value and divides those that took ``value`` by its
-    probability (variables are independent), so every one-fact world comes from the one walk
-    instead of a walk each. ``fixed`` states variables first; ``track`` limits the worlds to those
-    variables (None: every variable).
+
+class Worlds:
+    """p(leaf), and p(leaf | one or two variables stated) without walking the tree again.
+
+    The walk of :func:`leaf_worlds` keeps, beside p(leaf), the mass each leaf gets from the paths
+    that branched on each (variable, value), and on each pair of them. Variables are independent,
+    so stating ``name = value`` leaves the paths that never test ``name`` as they are, drops those
+    that took another value and divides those that took ``value`` by its probability; two stated
+    variables split the paths four ways (neither tested, one, the other, both).
     """
-    if fixed:
-        dists = {**dists, **{n: {v: 1.0} for n, v in fixed.items()}}
+
+    def __init__(self, dists: Mapping[str, Mapping[Value, float]], total: dict[str, float],
+                 by: dict[Fact, dict[str, float]], pairs: dict[tuple[Fact, Fact], dict[str, float]]) -> None:
+        self.dists, self.total = dists, total
+        self.codes = sorted(total)
+        index = {c: i for i, c in enumerate(self.codes)}
+
+        def vec(d: Mapping[str, float]) -> np.ndarray:
+            out = np.zeros(len(self.codes))
+            for code, q in d.items():
+                out[index[code]] = q
+            return out
+
+        self._total = vec(total)
+        self._by = {kv: vec(d) for kv, d in by.items()}
+        self._pairs = {k: vec(d) for k, d in pairs.items()}
+        self._zero = np.zeros(len(self.codes))
+        self._cache: dict = {}
+
+    def best(self, *stated: Fact) -> str:
+        """The most likely code given the stated values; ties (to 1e-12, the rounding of the
+        conditionals) go to the lower code."""
+        q = self.vector(*stated) if stated else self._total
+        return self.codes[int(np.flatnonzero(q >= q.max() - 1e-12)[0])]
+
+    def moved(self, *stated: Fact) -> float:
+        """The probability mass that stating the values moves (total variation from p(leaf))."""
+        return 0.5 * float(np.abs(self.vector(*stated) - self._total).sum())
+
+    def vector(self, *stated: Fact) -> np.ndarray:
+        """p(leaf | the one or two stated (variable, value)) over ``self.codes``."""
+        if stated not in self._cache:
+            self._cache[stated] = (self._one(*stated) if len(stated) == 1 else self._two(*sorted(stated, key=lambda kv: kv[0])))
+        return self._cache[stated]
+
+    def _tested(self, name: str) -> np.ndarray:
+        """The mass of the paths that branched on ``name`` at all."""
+        key = ("tested", name)
+        if key not in self._cache:
+            self._cache[key] = sum((self._by.get((name, v), self._zero) for v in self.dists[name]), self._zero)
+        return self._cache[key]
+
+    def _one(self, fact: Fact) -> np.ndarray:
+        name, value = fact
+        p = self.dists[name][value]
+        return self._total - self._tested(name) + self._by.get(fact, self._zero) / p
+
+    def _both(self, f: str, g: str) -> dict[tuple[Value, Value], np.ndarray]:
+        key = ("both", f, g)
+        if key not in self._cache:
+            self._cache[key] = {(v, w): self._pairs.get(((f, v), (g, w)), self._zero)
+                                for v in self.dists[f] for w in self.dists[g]}
+        return self._cache[key]
+
+    def _two(self, a: Fact, b: Fact) -> np.ndarray:
+        (f, v), (g, w) = a, b
+        both = self._both(f, g)
+        p, q = self.dists[f][v], self.dists[g][w]
+        neither = self._total - self._tested(f) - self._tested(g) + sum(both.values(), self._zero)
+        only_f = self._by.get(a, self._zero) - sum((both[(v, x)] for x in self.dists[g]), self._zero)
+        only_g = self._by.get(b, self._zero) - sum((both[(x, w)] for x in self.dists[f]), self._zero)
+        return neither + only_f / p + only_g / q + both[(v, w)] / (p * q)
+
+
+def leaf_worlds(rules: RuleSet, dists: Mapping[str, Mapping[Value, float]], track: Collection[str] | None = None,
+                pairs: Collection[str] = ()) -> Worlds:
+    """One walk of the tree (first match wins) that gives :class:`Worlds`: p(leaf), and p(leaf | stated
+    values) for one variable of ``track`` (None: every variable) or two variables of ``pairs``."""
+    pairs = set(pairs)
     memo: dict = {}
 
-    def add(into: dict[str, float], src: Mapping[str, float], w: float) -> None:
+    def add(into: dict, key, src: Mapping[str, float], w: float) -> None:
+        d = into.setdefault(key, {})
         for code, q in src.items():
-            into[code] = into.get(code, 0.0) + w * q
+            d[code] = d.get(code, 0.0) + w * q
 
-    def walk(group: list[Node], start: int, assign: dict[str, Value]) -> tuple[dict, dict]:
+    def walk(group: list[Node], start: int, assign: dict[str, Value]) -> tuple[dict, dict, dict]:
         where = (id(group), start)
         refs = rules.suffix_refs[where]
         key = (where, frozenset(kv for kv in assign.items() if kv[0] in refs))
         if key in memo:
             return memo[key]
         total: dict[str, float] = {}
-        by: dict[tuple[str, Value], dict[str, float]] = {}
+        by: dict = {}
+        two: dict = {}
         for i in range(start, len(group)):
             node = group[i]
             res = evaluate(node.when, assign)
             if isinstance(res, str):
+                paired = res in pairs
                 for value, p in dists[res].items():
                     if p <= 0.0:
                         continue
-                    sub_total, sub_by = walk(group, i, {**assign, res: value})
-                    add(total, sub_total, p)
+                    sub_total, sub_by, sub_two = walk(group, i, {**assign, res: value})
+                    for code, q in sub_total.items():
+                        total[code] = total.get(code, 0.0) + p * q
                     if track is None or res in track:
-                        add(by.setdefault((res, value), {}), sub_total, p)
+                        add(by, (res, value), sub_total, p)
                     for kv, d in sub_by.items():
-                        add(by.setdefault(kv, {}), d, p)
+                        add(by, kv, d, p)
+                        if paired and kv[0] in pairs:
+                            add(two, tuple(sorted(((res, value), kv), key=lambda f: f[0])), d, p)
+                    for kk, d in sub_two.items():
+                        add(two, kk, d, p)
                 break
             if res:
-                total, by = ({node.code: 1.0}, {}) if node.is_leaf else walk(node.children, 0, assign)  # type: ignore[dict-item]
+                total, by, two = ({node.code: 1.0}, {}, {}) if node.is_leaf else walk(node.children, 0, assign)  # type: ignore[dict-item]
                 break
-        memo[key] = (total, by)
-        return total, by
+        memo[key] = (total, by, two)
+        return total, by, two
 
-    total, by = walk(rules.tree, 0, {})
-    conditional: dict[tuple[str, Value], dict[str, float]] = {}
-    for name, dist in dists.items():
-        if track is not None and name not in track:
-            continue
-        taken = [by[(name, v)] for v in dist if (name, v) in by]
-        untouched = dict(total)
-        for d in taken:
-            add(untouched, d, -1.0)
-        for value, p in dist.items():
-            if not 0.0 < p < 1.0:
-                continue
-            world = dict(untouched)
-            add(world, by.get((name, value), {}), 1.0 / p)
-            conditional[(name, value)] = {c: q for c, q in world.items() if q > 1e-12}
-    return total, conditional
+    total, by, two = walk(rules.tree, 0, {})
+    return Worlds(dists, total, by, two)

@@ -37,9 +37,9 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ._tariff_inputs import InputCalibration, fit_input_calibration
-from ._tariff_review import ask as _ask, assumptions as _assumptions, missing as _missing, path as _path
+from ._tariff_review import ask as _ask, assumptions as _assumptions, missing as _missing, path as _path, priors as _priors
 from ._tariff_review import rationale as _rationale, used as _used
-from ._tariff_rules import DEFAULT_RULES_PATH, RuleSet, RulesError, code_texts, leaf_conditionals, load_rules
+from ._tariff_rules import DEFAULT_RULES_PATH, RuleSet, RulesError, code_texts, leaf_worlds, load_rules
 from .assets import asset
 from .attributes import OUTPUT_KEYS
 from .facts import FACTS, DeclaredFacts
@@ -242,14 +242,15 @@ def classify_tariff(probs: Mapping[str, float], facts: DeclaredFacts | Mapping |
             "notes": [{"id": "CH64_N1", "text": note}]}, [], [reason], p_footwear, 0.0, [], ident)
     fact_values = facts.stated()
     dists = {name: var.distribution(p, fact_values, given) for name, var in rules.variables.items()}
-    base, conditional = leaf_conditionals(rules, dists)
+    worlds = leaf_worlds(rules, dists, pairs=_priors(rules, fact_values, given))
+    base = worlds.total
     leaf_p = {c: q * p_footwear for c, q in base.items() if q > 0.0}
     texts = code_texts(rules)
     cands = {d: _ranked(leaf_p, d, texts, top_k) for d in (4, 6, 10)}
     top = cands[10][0]
     chain = _path(rules, top.code)
     used = _used(chain)
-    missing = _missing(rules, dists, base, conditional, top.code, fact_values, given)
+    missing = _missing(rules, worlds, top.code, fact_values, given)
     every = _assumptions(rules, chain, top.code, base.get(top.code, 0.0), dists, fact_values, used)
     assumptions = [a for a in every if a["share"] > 1.0 - review_below]
     photo_change = max((m["p_change"] for m in missing if m["source"] != "prior"), default=0.0)

@@ -251,6 +251,27 @@ def test_probability_properties(probs, f):
     json.dumps(d.to_dict())
 
 
+@settings(max_examples=15, deadline=None)
+@given(probs_st)
+def test_stated_worlds_from_one_walk_equal_walks_with_the_values_fixed(probs):
+    """The missing-facts search reads p(leaf | one or two facts stated) off one walk of the tree;
+    each must equal the exact distribution of the tree walked again with those values fixed."""
+    from shoeclass._tariff_rules import leaf_distribution, leaf_worlds
+
+    rules = load_tariff_rules()
+    dists = {n: v.distribution(probs, {}, None) for n, v in rules.variables.items()}
+    names = ["upper_material", "sole_material", "metal_toecap", "insole", "gender"]
+    worlds = leaf_worlds(rules, dists, pairs=names)
+    stated = [[(n, v)] for n in names for v, p in dists[n].items() if 0 < p < 1]
+    stated += [[(f, v), (g, w)] for i, f in enumerate(names) for g in names[i + 1:]
+               for v, p in dists[f].items() if 0 < p < 1 for w, q in dists[g].items() if 0 < q < 1][::7]
+    for facts in stated:
+        exact = leaf_distribution(rules, {**dists, **{n: {v: 1.0} for n, v in facts}})
+        got = dict(zip(worlds.codes, worlds.vector(*facts)))
+        assert set(exact) <= set(got)
+        assert all(got[c] == pytest.approx(exact.get(c, 0.0), abs=1e-9) for c in got), facts
+
+
 def _p(decision, prefix: str) -> float:
     return sum(c.probability for c in decision.candidates_10 if c.code.startswith(prefix))
 
