@@ -43,7 +43,7 @@ HEADS_SCRIPT = textwrap.dedent("""
     suit = np.where(rng.random((64, 14)) < 0.5, 0.5, 1.0).astype(np.float32)
     torch.manual_seed(0)
     heads = Heads(16, ModelConfig(n_clusters=3, suitability=True))
-    cfg = TrainConfig(batch_size=16, epochs=6, patience=100, lr=1e-2, ema=0.9, seed=3)
+    cfg = TrainConfig(batch_size=16, epochs=6, patience=100, lr=1e-2, ema=0.9, seed=3, bf16=False)
     fit_heads(heads, x, y, np.linspace(0.5, 1.5, 64).astype(np.float32), x[:16], y[:16], cfg,
               gate_targets=gate, suit_targets=suit)
     if distributed.is_main():
@@ -81,7 +81,8 @@ def test_heads_trained_by_two_ranks_equal_one_process(tmp_path):
     start = {k: v for k, v in a.items() if k.endswith("weight")}
     assert any(v.abs().sum() > 0 for v in start.values())
     for k in a:
-        # Same global batches, gradients averaged by DDP: equal up to float32 summation order.
+        # Same global batches, gradients averaged by DDP: equal up to float32 summation order (in
+        # bf16 the ranks' sums round to other bf16 values now and then, and Adam carries that on).
         torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5, msg=f"{k} differs between 1 and 2 processes")
 
 

@@ -39,6 +39,7 @@ class TrainConfig:
     tune_size: int = 160  # its training resolution (inference stays at 224)
     tune_batch: int = 64
     wild_aug: float = 0.0  # fine-tuning: share of catalogue photos made street-like (pixels.wild_views)
+    bf16: bool | None = None  # heads and frozen blocks in bf16 autocast (None: where the CPU has it; False: fp32)
     seed: int = 0
     cache_dir: str = ".cache/features"
     progress: bool = True

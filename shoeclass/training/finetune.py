@@ -203,7 +203,7 @@ def tune_trunk(trunk: Trunk, heads: torch.nn.Module, pixels: np.ndarray, y: np.n
                 x, yb, sb = _wild(x, yb, sb, pixels, sel, wild_t, wild_p, bg, gen)
             draws = draw_views(len(sel), gen)  # the whole global batch's views: the same on every rank
             x = _normalize(apply_views(x, draws[mine()], cfg.tune_size), mean, std)  # (b, 3, S, S)
-            with torch.no_grad(), autocast(device=dev):  # the frozen blocks: bf16 is 5× faster here; the tail trains in fp32
+            with torch.no_grad(), autocast(cfg.bf16, dev):  # the frozen blocks: bf16 is 5× faster here; the tail trains in fp32
                 x = trunk.stem(x).float()
             loss = loss_fn(net(x), yb, cw, wt[rows], None if gt is None else gt[rows], sb)
             opt.zero_grad(set_to_none=True)

@@ -25,7 +25,7 @@ from ..hierarchy import AttributeClusters
 from ..labels import LabelTable, class_weights
 from ..metrics import attribute_metrics, summarize, val_score
 from ..models import build_model, state_checksum
-from ..runtime import batched
+from ..runtime import autocast, batched
 from .augment import TrainPreset
 from .config import TrainConfig, make_optimizer, sample_weights
 from .features import trunk_features
@@ -114,8 +114,10 @@ def fit_heads(heads: torch.nn.Module, x: np.ndarray, y: np.ndarray, w: np.ndarra
         losses = []
         sampler.set_epoch(epoch)
         for idx in torch.tensor(list(sampler), device=dev).split(local):  # this rank's rows of each global batch
-            loss = heads_loss(net(xt[idx]), yt[idx], cw, wt[idx], None if gt is None else gt[idx],
-                              None if st is None else st[idx])
+            with autocast(cfg.bf16, dev):  # the first layer's matmul, 2/3 of a step in fp32
+                out = net(xt[idx])
+            loss = heads_loss({k: v.float() for k, v in out.items()}, yt[idx], cw, wt[idx],
+                              None if gt is None else gt[idx], None if st is None else st[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
