@@ -33,6 +33,7 @@ __all__ = ["item_arrays", "item_labels", "changed_decisions", "fit_floor", "refi
 
 logger = logging.getLogger(__name__)
 
+NF = OUTPUT_KEYS.index("not_footwear")
 SOLE = 0.3  # the bottom share of a photo kept as a sole-only crop
 FLOORS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95)
 
@@ -116,6 +117,10 @@ def refit_decision(decision: DecisionLayer, probs: np.ndarray, suitability: np.n
     """
     if decision.fusion is None:
         raise ValueError("the model's decision layer has no fusion to refit")
+    # a photo is set aside as not footwear exactly when the model's own not_footwear decision says
+    # so (that threshold is tuned on validation with the others); the default 0.5 set aside street
+    # crops the decision layer calls footwear
+    decision.checks.nf_threshold = float(decision.thresholds[NF])
     s = np.ones_like(probs) if suitability is None else suitability
     ids, p, w, yy = item_arrays(items, probs, s, y)
     if not ids:

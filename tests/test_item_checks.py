@@ -141,6 +141,7 @@ def test_refit_uses_real_items_where_labelled_and_keeps_the_rest():
     emb = np.repeat(rng.normal(size=(n, 8)), 2, axis=0) + 0.05 * rng.normal(size=(2 * n, 8))
     emb /= np.linalg.norm(emb, axis=1, keepdims=True)
     dl = layer(rho=0.25)
+    dl.thresholds[NF] = 0.9
     crop = probs.copy()
     crop[:, HEEL] = 0.01  # a sole-only crop confidently (and wrongly) saying "no heel"
     crop_suit = np.ones_like(crop)
@@ -151,6 +152,12 @@ def test_refit_uses_real_items_where_labelled_and_keeps_the_rest():
     assert report["rho"][0] == 0.25 and dl.fusion.rho_[0] == 0.25  # unlabelled output: fallback kept
     assert dl.fusion.rho_[HEEL] > 0.5
     assert dl.checks.min_cosine is not None and dl.checks.min_cosine > 0.9
+    # a photo is set aside as not footwear where the model decides "not footwear", no lower: a
+    # crop at p = 0.6 is still read as a shoe
+    assert dl.checks.nf_threshold == 0.9
+    doubtful = shoe(0.8)
+    doubtful[NF] = 0.6
+    assert dl.screen(np.stack([shoe(0.8), doubtful]), None)[1] == []
     assert dl.checks.suit_floor > 0.15  # the crop is set aside for the heel ...
     _, p, s = item_arrays(items, probs, np.ones_like(probs))
     assert changed_decisions(dl, p, s, crop[::2], crop_suit[::2]) == 0.0  # ... and moves no decision
