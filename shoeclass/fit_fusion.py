@@ -11,7 +11,9 @@ model on the validation split's multi-photo items and rewrites the ``decision`` 
   items' photo-pair cosines;
 * ``suit_floor`` of the set-aside rule: the lowest of ``FLOORS`` at which adding a sole-only crop
   (the bottom ``SOLE`` of one of its photos) to every item changes at most ``max_change`` of the
-  items' decisions (a photo showing nothing of an attribute must not move it).
+  items' decisions (a photo showing nothing of an attribute must not move it);
+* ``nf_threshold`` of the set-aside rule: the model's own not_footwear decision threshold, so a
+  photo is set aside as not footwear exactly when the model decides it is not footwear.
 
 The tensor file is untouched; the card is checksummed again (``checkpoint.update_card``).
 """
