@@ -6,7 +6,9 @@ match wins, GRI 1 and 6). Each condition's probability comes from where the tari
 (:mod:`shoeclass.tariff`): a declared fact, a per-item prior (the photos' materials), the photos'
 attributes. The facts no photo shows and nobody stated (gender, insole length, metal toe-cap, and
 the materials when the model has no material heads) take the values the code implies: the
-declarant asserts them with the code.
+declarant asserts them with the code. So does what the photos cannot split: a material class the
+heads read as one (rubber or plastics, leather or composition-leather soles, wood or cork) counts
+in full for the value the code names inside it.
 
 ``p_consistent`` is the probability of the weakest condition: the photos contradict the code where
 a condition it needs is more likely false than true. ``p_code`` is the joint probability that the
@@ -25,6 +27,7 @@ from typing import Any, Mapping
 from ._tariff_review import path as _path, rationale as _rationale
 from ._tariff_rules import condition_probability, condition_vars, leaf_distribution
 from .facts import DeclaredFacts
+from .materials import unresolved_values
 from .tariff import _check_given, _check_probs, load_tariff_rules
 
 __all__ = ["check_code", "normalise_code"]
@@ -78,13 +81,20 @@ def check_code(probs: Mapping[str, float], code: str, facts: DeclaredFacts | Map
     # (no metal toe-cap).
     options = [sorted(rules.variables[n].values, key=lambda v, n=n: -(rules.variables[n].prior or {}).get(v, 0.0))
                for n in hidden]
-    best, implied = -1.0, {}
-    for combo in itertools.product(*options):
+    # Likewise inside a material class the photos read as one (rubber or plastics, wood or cork):
+    # the code says which value, and the class's probability goes to it.
+    tests = _tested_values(rules, _path(rules, digits))
+    groups = [(n, vals) for n, var in rules.variables.items() if var.field in given and stated.get(var.field) is None
+              for vals in (tuple(dict.fromkeys(var.from_fact(v) for v in g)) for g in unresolved_values(var.field))
+              if any(0 < len(set(vals) & allowed) < len(vals) for allowed in tests.get(n, ()))]
+    best, implied, chosen = -1.0, {}, dists
+    for combo in itertools.product(*options, *(g for _, g in groups)):
         assign = dict(zip(hidden, combo))
-        q = leaf_distribution(rules, {**dists, **{n: {v: 1.0} for n, v in assign.items()}}).get(digits, 0.0)
+        trial = {**_within_groups(dists, groups, combo[len(hidden):]), **{n: {v: 1.0} for n, v in assign.items()}}
+        q = leaf_distribution(rules, trial).get(digits, 0.0)
         if q > best:
-            best, implied = q, assign
-    dists = {**dists, **{n: {v: 1.0} for n, v in implied.items()}}
+            best, implied, chosen = q, assign, trial
+    dists = chosen
     rat = _rationale(rules, _path(rules, digits), digits, best, dists, p, stated, given)
 
     def source(name: str) -> str:
@@ -117,6 +127,35 @@ def check_code(probs: Mapping[str, float], code: str, facts: DeclaredFacts | Map
             "p_code": round(best * p_footwear, 6),
             "implied_facts": {rules.variables[n].field or n: _plain(v) for n, v in implied.items()},
             "conflicts": conflicts}
+
+
+def _tested_values(rules: Any, chain: list) -> dict[str, list[set]]:
+    """Per variable, the value sets the conditions on the way to a leaf test (its own and its
+    earlier siblings')."""
+    out: dict[str, list[set]] = {}
+
+    def walk(cond: Mapping) -> None:
+        for key, val in cond.items():
+            if key == "any_of":
+                for sub in val:
+                    walk(sub)
+            else:
+                out.setdefault(key, []).append(set(val) if isinstance(val, list) else {val})
+
+    for node in chain:
+        siblings = node.parent.children if node.parent else rules.tree
+        for sib in siblings[:siblings.index(node) + 1]:
+            walk(sib.when or {})
+    return out
+
+
+def _within_groups(dists: Mapping[str, dict], groups: list[tuple[str, tuple]], picks: tuple) -> dict[str, dict]:
+    """``dists`` with each group's probability moved onto its picked value."""
+    out = {n: dict(d) for n, d in dists.items()}
+    for (name, values), pick in zip(groups, picks):
+        mass = sum(out[name].pop(v, 0.0) for v in values)
+        out[name][pick] = mass
+    return out
 
 
 def _plain(value: Any) -> Any:

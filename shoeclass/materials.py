@@ -37,7 +37,7 @@ from safetensors.numpy import load_file, save_file
 from .fusion import BayesianFusion
 from .tariff import load_tariff_rules
 
-__all__ = ["MATERIAL_CLASSES", "TENSORS", "PartHead", "MaterialHeads", "tariff_prior", "as_named"]
+__all__ = ["MATERIAL_CLASSES", "TENSORS", "PartHead", "MaterialHeads", "tariff_prior", "as_named", "unresolved_values"]
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +57,13 @@ _FACT_VALUES: dict[str, dict[str, tuple[str, ...]]] = {
              "wood_cork": ("wood", "cork"), "textile": ("textile",), "other": ("other",)},
 }
 FACT_OF_PART = {"upper": "upper_material", "sole": "sole_material"}
+
+
+def unresolved_values(fact: str) -> tuple[tuple[str, ...], ...]:
+    """The groups of a material fact's values that one photo class stands for, so the photo cannot
+    tell them apart (``upper_material``: rubber from plastics); empty for other facts."""
+    part = {f: p for p, f in FACT_OF_PART.items()}.get(fact)
+    return tuple(v for v in _FACT_VALUES[part].values() if len(v) > 1) if part else ()
 
 
 @dataclass

@@ -171,6 +171,21 @@ def test_check_of_a_declared_code_on_a_synthetic_item():
         check_code(probs, "6404")
 
 
+def test_check_lets_the_code_name_what_the_photo_cannot_split():
+    # The heads read rubber and plastics as one class; the rules split an unstated class 50/50.
+    # A low rubber-or-plastics shoe the photo reads surely must not contradict "uppers of rubber"
+    # (6402 99 100 0) nor "uppers of plastics" (6402 99 910 0) for want of that split.
+    prior = tariff_prior({"upper": {"rubber_plastics": 0.9, "leather": 0.1}, "sole": {"rubber_plastics": 1.0}})
+    for code, upper in (("6402 99 100 0", "rubber"), ("6402 99 910 0", "plastics")):
+        verdict = check_code(_probs(), code, priors=prior)
+        assert verdict["consistent"] and verdict["p_consistent"] >= 0.5, verdict["conflicts"]
+    leather = check_code(_probs(), "6403 99 980 0", priors=prior)  # the photo's 0.1 leather is a conflict
+    assert leather["conflicts"][0]["needs"] == {"upper_material": "leather"}
+    assert leather["p_consistent"] == pytest.approx(0.1)
+    declared = check_code(_probs(), "6402 99 100 0", {"upper_material": "plastics"}, priors=prior)
+    assert not declared["consistent"]  # a stated fact is not the photo's: it contradicts the code
+
+
 def test_heads_read_the_embedding_and_an_ensembles_features_at_one_scale():
     rng = np.random.default_rng(1)
     emb, feats = rng.normal(size=(3, 4)), 100 * rng.normal(size=(3, 6))  # features on another scale
