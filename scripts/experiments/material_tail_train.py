@@ -2,7 +2,9 @@
 ImageNet tail on the material labels (masked, class-balanced cross-entropy; epoch chosen on val).
 With AUGMENT=1 the training photos are decoded again every epoch with a random resized crop and a
 mirror, and run through the frozen stem and blocks 8-10 (160 s an epoch on 2 cores; 35 s without).
-    python scripts/experiments/material_tail_train.py [FIRST=11] [EPOCHS=10] [LR=2e-4] [AUGMENT=0]
+    python scripts/experiments/material_tail_train.py [FIRST=11] [EPOCHS=10] [LR=2e-4] [AUGMENT=0] [RANK=0]
+With RANK > 0 the copied blocks' 1x1 convolutions learn only a rank-RANK delta (at 10x the learning
+rate), the depthwise convolutions stay frozen: what a model folder would store is the deltas.
 """
 import copy, sys, time, numpy as np, torch, torch.nn as nn, torch.nn.functional as F
 torch.set_num_threads(2); torch.manual_seed(0)
@@ -15,6 +17,7 @@ FIRST = int(sys.argv[1]) if len(sys.argv) > 1 else 11
 EPOCHS = int(sys.argv[2]) if len(sys.argv) > 2 else 10
 LR = float(sys.argv[3]) if len(sys.argv) > 3 else 2e-4
 AUGMENT = len(sys.argv) > 4 and sys.argv[4] == "1"
+RANK = int(sys.argv[5]) if len(sys.argv) > 5 else 0  # > 0: the copied 1x1 convs tuned through a low-rank delta only
 clf = Classifier(runtime="torch"); ref = clf.net.reference; b = ref.body
 maps = torch.from_numpy(np.load(".cache/mattail/maps.npy"))  # (N, 2, 112, 14, 14) fp16
 split = np.load(".cache/mattail/split.npy")
@@ -33,6 +36,17 @@ class Tail(nn.Module):
         self.drop = nn.Dropout(0.3)
         self.out = nn.ModuleDict({p: nn.Linear(2560, len(keep[p])) for p in keep})
         self.requires_grad_(True)  # the shipped network's copy comes frozen: tune it for real
+        if RANK:  # only the deltas (and the batch-norm affines, the outputs) learn; they are what a model folder would store
+            import torch.nn.utils.parametrize as P
+            class Delta(nn.Module):
+                def __init__(self, cout, cin):
+                    super().__init__(); self.a = nn.Parameter(torch.randn(RANK, cin) / cin ** 0.5); self.b = nn.Parameter(torch.zeros(cout, RANK))
+                def forward(self, w): return w + (self.b @ self.a).view_as(w)
+            for mod in [*self.blocks.modules(), self.head]:
+                if isinstance(mod, nn.Conv2d):
+                    mod.weight.requires_grad_(False)
+                    if mod.kernel_size == (1, 1) and mod.groups == 1:
+                        P.register_parametrization(mod, "weight", Delta(mod.out_channels, mod.in_channels))
     def features(self, h):
         for blk in self.blocks: h = blk(h)
         m = self.act(self.bn(self.head(h)))
@@ -45,7 +59,7 @@ def freeze_bn(m):
     for mod in m.modules():
         if isinstance(mod, nn.BatchNorm2d): mod.eval()
 wts = {p: torch.tensor([len(t[p][tr][t[p][tr] >= 0]) / (len(keep[p]) * max(1, int((t[p][tr] == k).sum()))) for k in range(len(keep[p]))], dtype=torch.float32) for p in keep}
-params = [{"params": [q for n, q in net.named_parameters() if not n.startswith("out.")], "lr": LR},
+params = [{"params": [q for n, q in net.named_parameters() if not n.startswith("out.") and q.requires_grad], "lr": LR * (10 if RANK else 1)},
           {"params": net.out.parameters(), "lr": 10 * LR}]
 opt = torch.optim.AdamW(params, weight_decay=1e-4)
 idx_tr = np.flatnonzero(tr); bs = 64
@@ -101,5 +115,7 @@ for ep in range(EPOCHS):
         best = (rv["upper"][0], copy.deepcopy(net.state_dict()), ep + 1)
 net.load_state_dict(best[1]); print("best epoch", best[2], "val upper", best[0])
 _, f_all = evaluate(np.ones(len(split), bool))
-np.save(f".cache/mattail/feats_{FIRST}{'_aug' if AUGMENT else ''}.npy", f_all.astype(np.float16))
-torch.save(best[1], f".cache/mattail/tail_{FIRST}{'_aug' if AUGMENT else ''}.pt")
+tag = f"{FIRST}{'_aug' if AUGMENT else ''}{f'_r{RANK}' if RANK else ''}"
+np.save(f".cache/mattail/feats_{tag}.npy", f_all.astype(np.float16))
+torch.save(best[1], f".cache/mattail/tail_{tag}.pt")
+print("trainable", sum(q.numel() for q in net.parameters() if q.requires_grad))
