@@ -89,7 +89,7 @@ def main() -> None:
     tt = table.subset(test)
     out = feature_cache(clf, tt, args.cache, progress=False)
     x = head_input(out)
-    mp = clf.materials.photo_probs(x)
+    mp = clf.materials.photo_probs(x, out.get("material"))
     print(f"model {clf.path} ({clf.info['members']} member(s), runtime {clf.info['runtime']}); material heads: "
           f"{ {p: list(h.classes) for p, h in clf.materials.parts.items()} } on the {x.shape[1]}-d "
           f"photo embedding{' and features' if 'features' in out else ''}, fitted on {clf.materials.info.get('train_photos')} train photos")

@@ -94,6 +94,8 @@ def _check(card: dict) -> None:
             _model(m, f"ensemble.members[{i}]")
         if not isinstance(ens.get("flip"), bool):
             raise _Bad("ensemble.flip", "must be true or false")
+        if ens.get("material_tail") is not None:
+            _material_tail(_get(ens, "material_tail", dict, "ensemble."))
     if card.get("decision") is not None:
         _decision(_get(card, "decision", dict))
     if card.get("materials") is not None:
@@ -205,12 +207,32 @@ def _int8(sec: dict) -> None:
     _get(sec, "calibration", dict, "int8.")
 
 
+def _material_tail(sec: dict) -> None:
+    where = "ensemble.material_tail."
+    for key in ("first", "rank"):
+        if _get(sec, key, int, where) < (0 if key == "first" else 1):
+            raise _Bad(where + key, f"must be {'>= 0' if key == 'first' else '>= 1'}, got {sec[key]}")
+    parts = _get(sec, "parts", dict, where)
+    if not parts or set(parts) - set(MATERIAL_CLASSES):
+        raise _Bad(where + "parts", f"must hold one or more of {list(MATERIAL_CLASSES)}, got {sorted(parts)}")
+    for part, classes in parts.items():
+        _classes(classes, part, f"{where}parts.{part}")
+
+
+def _classes(classes: Any, part: str, at: str) -> None:
+    if (not isinstance(classes, list) or len(classes) < 2 or len(set(classes)) != len(classes)
+            or set(classes) - set(MATERIAL_CLASSES[part])):
+        raise _Bad(at, f"must be two or more distinct classes of {list(MATERIAL_CLASSES[part])}, got {_short(classes)}")
+
+
 def _materials(sec: dict) -> None:
     where = "materials."
     _sealed_file(sec, where, MATERIAL_TENSORS)
     dim = _get(sec, "dim", int, where)
     if dim < 1:
         raise _Bad(where + "dim", f"must be >= 1, got {dim}")
+    if not isinstance(sec.get("tail", False), bool):
+        raise _Bad(where + "tail", "must be true or false")
     parts = _get(sec, "parts", dict, where)
     if not parts or set(parts) - set(MATERIAL_CLASSES):
         raise _Bad(where + "parts", f"must hold one or more of {list(MATERIAL_CLASSES)}, got {sorted(parts)}")
@@ -219,9 +241,7 @@ def _materials(sec: dict) -> None:
         if not isinstance(head, dict):
             raise _Bad(at[:-1], "must be an object")
         classes = _get(head, "classes", list, at)
-        if len(classes) < 2 or len(set(classes)) != len(classes) or set(classes) - set(MATERIAL_CLASSES[part]):
-            raise _Bad(at + "classes", f"must be two or more distinct classes of {list(MATERIAL_CLASSES[part])}, "
-                                       f"got {_short(classes)}")
+        _classes(classes, part, at + "classes")
         _floats({"temperature": [head.get("temperature")]}, "temperature", 1, 0.0, 1e6, at, open_lo=True)
         _floats(head, "priors", len(classes), 0.0, 1.0, at, open_lo=True)
         _floats({"rho": [head.get("rho")]}, "rho", 1, 0.0, 1.0, at)

@@ -102,7 +102,8 @@ class Classifier:
         if "embedding" in res:
             res["embedding"] = self.decision.checks.embed(res["embedding"])  # (B, D) unit rows
             if self.materials is not None:  # (B, K) per part
-                res.update({f"materials_{part}": p for part, p in self.materials.photo_probs(head_input(res)).items()})
+                probs = self.materials.photo_probs(head_input(res), res.get("material"))
+                res.update({f"materials_{part}": p for part, p in probs.items()})
         return res
 
     def predict_tensors(self, x: torch.Tensor, stop: threading.Event | None = None) -> dict[str, np.ndarray]:

@@ -26,7 +26,8 @@ from ._card import CHECKSUM_FIELD, INT8_FILE, card_checksum, card_problem, chang
 from .attributes import OUTPUT_KEYS
 from .assets import asset
 from .backbones import get_backbone
-from .models import EnsembleNet, ModelConfig, ShoeNet, build_model, build_trunk, share_stem, state_checksum
+from .models import (EnsembleNet, MaterialTail, ModelConfig, ShoeNet, build_model, build_trunk, share_stem,
+                     state_checksum)
 
 __all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "read_metadata", "resolve_path",
            "reseal_card", "file_sha256", "int8_graph", "INT8_FILE", "DEFAULT_MODEL", "FORMAT_VERSION"]
@@ -67,7 +68,8 @@ def save_checkpoint(model: torch.nn.Module, folder: str | Path, meta: dict) -> P
     A frozen ImageNet trunk is not stored: it comes from its installed package or file, and the
     metadata records its checksum so a different trunk is refused at load time. A retrained tail
     (``tuned_blocks``) is stored as ``trunk.*`` tensors. An :class:`~shoeclass.models.EnsembleNet`
-    stores each member's tensors under ``members.<i>.`` in float16 (its bf16 inference rounds them
+    stores each member's tensors under ``members.<i>.`` and its material tail's (its ``stored``
+    deltas and own tensors) under ``material_tail.``, in float16 (its bf16 inference rounds them
     further anyway; it keeps three members under the 50 MB the shipped weights may take).
     """
     folder = Path(folder)
@@ -75,7 +77,13 @@ def save_checkpoint(model: torch.nn.Module, folder: str | Path, meta: dict) -> P
     if hasattr(model, "members"):
         state = {f"members.{i}.{k}": v.half() if v.is_floating_point() else v
                  for i, m in enumerate(model.members) for k, v in _trainable(m).items()}
-        meta = dict(meta, ensemble={"members": [asdict(m.cfg) for m in model.members], "flip": model.flip})
+        ensemble = {"members": [asdict(m.cfg) for m in model.members], "flip": model.flip}
+        tail = getattr(model, "material_tail", None)
+        if tail is not None:
+            state.update({f"material_tail.{k}": v.half() for k, v in tail.stored.items()})
+            ensemble["material_tail"] = {"first": tail.first, "rank": tail.rank,
+                                         "parts": {p: list(c) for p, c in tail.parts.items()}}
+        meta = dict(meta, ensemble=ensemble)
     else:
         state = _trainable(model)
     tmp = folder / (TENSORS + ".tmp")
@@ -229,11 +237,16 @@ def load_checkpoint(path: str | Path | None = None,
                                       check_trunk=i == 0))
                 if i:
                     share_stem(members[0].trunk, members[i].trunk)
-            if sum(len(_trainable(m)) for m in members) != len(state):
-                raise KeyError(f"{len(state)} tensors for {len(members)} members")
             cfg = members[0].cfg  # the untuned ImageNet tail gives the photo embedding
             reference = build_trunk(cfg.backbone, trunk_weights, cfg.pooling, cfg.tuned_blocks)
-            return EnsembleNet(members, meta["ensemble"]["flip"], reference).eval(), meta
+            tail, spec = None, meta["ensemble"].get("material_tail")
+            if spec:
+                tail = MaterialTail(reference, spec["first"], spec["parts"], spec["rank"],
+                                    {k.removeprefix("material_tail."): v for k, v in state.items()
+                                     if k.startswith("material_tail.")})
+            if sum(len(_trainable(m)) for m in members) + len(tail.stored if tail else ()) != len(state):
+                raise KeyError(f"{len(state)} tensors for {len(members)} members{' and a material tail' * bool(tail)}")
+            return EnsembleNet(members, meta["ensemble"]["flip"], reference, tail).eval(), meta
         return _build(ModelConfig(**meta["model"]), state, trunk_weights, meta, folder).eval(), meta
     except CheckpointError:
         raise

@@ -167,8 +167,8 @@ def cmd_classify_batch(args: argparse.Namespace) -> int:
 def cmd_fit_materials(args: argparse.Namespace) -> int:
     from .training.materials import fit_materials
 
-    section = fit_materials(args.model, args.data, cache_dir=args.cache,
-                            progress=not args.no_progress, max_train=args.max_train, balanced=not args.unbalanced)
+    section = fit_materials(args.model, args.data, cache_dir=args.cache, progress=not args.no_progress,
+                            max_train=args.max_train, balanced=not args.unbalanced, tail_epochs=args.tail_epochs)
     print(f"material heads written to {section['path']}")
     print(json.dumps(section["metrics"], indent=2))
     return 0
@@ -330,6 +330,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-train", type=int, help="fit on at most this many train photos, those already cached first (CPU budget)")
     p.add_argument("--unbalanced", action="store_true",
                    help="weigh classes as often as the texts name them (default: equally)")
+    p.add_argument("--tail-epochs", type=int, default=15,
+                   help="an ensemble's material tail: epochs to tune it first (then its int8 graph is made again); "
+                        "0 keeps the model's tail as it is (default 15)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_fit_materials)
 

@@ -53,7 +53,7 @@ def output_names(net: torch.nn.Module) -> list[str]:
     """The outputs ``net`` returns, in the order the exported graph holds them."""
     with torch.inference_mode():
         out = net(torch.zeros(1, 3, 224, 224))
-    return [k for k in ("logits", "gate", "suitability", "embedding", "features") if k in out]
+    return [k for k in ("logits", "gate", "suitability", "embedding", "features", "material") if k in out]
 
 
 def export_onnx(net: torch.nn.Module, out: str | Path) -> Path:

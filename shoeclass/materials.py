@@ -12,8 +12,10 @@ Each part is one softmax over the classes that had enough text-labelled training
 others get probability 0). It reads :func:`head_input`: the photo ``embedding``
 ``Classifier.predict_tensors`` returns (untuned ImageNet features, unit length) and, from an
 ensemble, its ``features`` beside it (what the tuned tails make of the photo, unit length; they
-read leather better), standardised once more on the training photos; temperature-calibrated on
-validation. Items fuse their photos with the Bayesian fusion of the attributes (``fusion.py``),
+read leather better), standardised once more on the training photos. A model with a material tail
+(``models.MaterialTail``: the ImageNet tail's last blocks tuned on the materials) also gives
+``material`` logits; each part's probability is then the geometric mean of the head's softmax and
+the tail's. Temperature-calibrated on validation. Items fuse their photos with the Bayesian fusion of the attributes (``fusion.py``),
 one class against the rest, renormalised. The heads live beside the model they were fitted on:
 ``materials.safetensors`` and the ``materials`` section of the model card (classes, temperature,
 priors, the checksum of the tensor file), so the card checksum covers them;
@@ -21,7 +23,7 @@ priors, the checksum of the tensor file), so the card checksum covers them;
 
 Example:
     >>> heads = MaterialHeads.load("weights/default", meta)      # None when not fitted
-    >>> heads.photo_probs(head_input(outputs))["upper"]           # (B, 5) over MATERIAL_CLASSES["upper"]
+    >>> heads.photo_probs(head_input(outputs), outputs.get("material"))["upper"]  # (B, 5)
 """
 from __future__ import annotations
 
@@ -37,7 +39,8 @@ from safetensors.numpy import load_file, save_file
 from .fusion import BayesianFusion
 from .tariff import load_tariff_rules
 
-__all__ = ["MATERIAL_CLASSES", "TENSORS", "PartHead", "MaterialHeads", "tariff_prior", "as_named", "unresolved_values"]
+__all__ = ["MATERIAL_CLASSES", "TENSORS", "PartHead", "MaterialHeads", "combine_logits", "tariff_prior", "as_named",
+           "unresolved_values"]
 
 logger = logging.getLogger(__name__)
 
@@ -80,12 +83,14 @@ class PartHead:
     priors: np.ndarray
     rho: float
 
-    def logits(self, z: np.ndarray) -> np.ndarray:
-        return z @ self.w + self.b  # (B, K)
+    def logits(self, z: np.ndarray, tail: np.ndarray | None = None) -> np.ndarray:
+        """(B, K) scores before the temperature: the head's logits or, given the material tail's
+        logits of this part, the mean of the two log-softmaxes (their geometric mean)."""
+        return combine_logits(z @ self.w + self.b, tail)
 
-    def probs(self, z: np.ndarray) -> np.ndarray:
+    def probs(self, z: np.ndarray, tail: np.ndarray | None = None) -> np.ndarray:
         """(B, len(MATERIAL_CLASSES[part])) calibrated probabilities; classes without an output get 0."""
-        s = self.logits(z) / self.temperature
+        s = self.logits(z, tail) / self.temperature
         e = np.exp(s - s.max(1, keepdims=True))
         out = np.zeros((len(z), len(MATERIAL_CLASSES[self.part])))
         out[:, self._cols()] = e / e.sum(1, keepdims=True)
@@ -104,6 +109,20 @@ class PartHead:
         return [MATERIAL_CLASSES[self.part].index(c) for c in self.classes]
 
 
+def combine_logits(head: np.ndarray, tail: np.ndarray | None) -> np.ndarray:
+    """(B, K) head logits, and the material tail's for the same classes -> the mean of their
+    log-softmaxes (the log of their softmaxes' geometric mean, up to a constant); the head's alone
+    without a tail."""
+    if tail is None:
+        return head
+    return (_log_softmax(np.asarray(head, np.float64)) + _log_softmax(np.asarray(tail, np.float64))) / 2
+
+
+def _log_softmax(s: np.ndarray) -> np.ndarray:
+    s = s - s.max(1, keepdims=True)
+    return s - np.log(np.exp(s).sum(1, keepdims=True))
+
+
 def head_input(outputs: Mapping[str, np.ndarray]) -> np.ndarray:
     """(B, D) input of the heads from a batch's network outputs: the ``embedding`` and, where the
     network gives them, the ``features``, each scaled to unit length, side by side."""
@@ -120,12 +139,15 @@ class MaterialHeads:
         parts: ``{"upper": PartHead, "sole": PartHead}`` (either may be missing).
         mu, sigma: (D,) standardisation of the unit-length embedding on the training photos.
         info: what the card records beyond the tensors (data summary, metrics).
+        tail: ``{part: classes}`` of the network's ``material`` logits (``models.MaterialTail``)
+            when the heads combine with them (each part's classes those of its head); None: not.
     """
 
     def __init__(self, parts: Mapping[str, PartHead], mu: np.ndarray, sigma: np.ndarray,
-                 info: dict | None = None) -> None:
+                 info: dict | None = None, tail: Mapping[str, tuple[str, ...]] | None = None) -> None:
         self.parts, self.mu, self.sigma = dict(parts), mu, sigma
         self.info = dict(info or {})
+        self.tail = {p: tuple(c) for p, c in tail.items()} if tail else None
 
     def standardise(self, embedding: np.ndarray) -> np.ndarray:
         """(B, D) embedding -> (B, D) head input; re-normalised to unit length first, so an
@@ -136,10 +158,29 @@ class MaterialHeads:
         e = e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
         return (e - self.mu) / self.sigma
 
-    def photo_probs(self, embedding: np.ndarray) -> dict[str, np.ndarray]:
-        """(B, D) photo embeddings -> per part (B, len(MATERIAL_CLASSES[part])) probabilities."""
+    def photo_probs(self, embedding: np.ndarray, tail: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """(B, D) photo embeddings (``head_input``) and, for heads that combine with a material
+        tail, its (B, K) ``material`` logits -> per part (B, len(MATERIAL_CLASSES[part])) probabilities.
+
+        Raises:
+            ValueError: heads that combine with a material tail given none, or of another width.
+        """
         z = self.standardise(embedding)
-        return {part: head.probs(z) for part, head in self.parts.items()}
+        tails = self.split_tail(tail, len(z))
+        return {part: head.probs(z, tails.get(part)) for part, head in self.parts.items()}
+
+    def split_tail(self, tail: np.ndarray | None, n: int) -> dict[str, np.ndarray]:
+        """The tail's (B, K) logits as ``{part: (B, K_part)}``; empty for heads without a tail."""
+        if self.tail is None:
+            return {}
+        width = sum(len(c) for c in self.tail.values())
+        if tail is None or np.shape(tail) != (n, width):
+            raise ValueError(f"these material heads combine with the network's material logits ({n}, {width}), "
+                             f"got {None if tail is None else np.shape(tail)}: run the model folder they were fitted in")
+        out, at = {}, 0
+        for part, classes in self.tail.items():
+            out[part], at = np.asarray(tail)[:, at:at + len(classes)], at + len(classes)
+        return out
 
     def item_probs(self, photo_probs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Per part, the (M, K) photo probabilities of one item fused into (K,)."""
@@ -159,6 +200,7 @@ class MaterialHeads:
         tmp.replace(folder / TENSORS)
         (folder / TENSORS).chmod(0o644)  # safetensors writes 0600; the model folder ships readable
         return {**self.info, "file": TENSORS, "sha256": _sha256(folder / TENSORS), "dim": int(self.mu.size),
+                "tail": self.tail is not None,
                 "parts": {part: {"classes": list(h.classes), "temperature": float(h.temperature),
                                  "priors": [float(v) for v in h.priors], "rho": float(h.rho)}
                           for part, h in self.parts.items()}}
@@ -180,12 +222,17 @@ class MaterialHeads:
             raise ValueError(f"{path}: missing or its sha256 does not match the card's materials section; {fix}")
         if sec.get("model_sha256") != meta.get("sha256"):
             raise ValueError(f"{folder}: the material heads were fitted on another model's features; {fix}")
+        tail = ((meta.get("ensemble") or {}).get("material_tail") or {}).get("parts") if sec.get("tail") else None
+        if sec.get("tail") and (not tail or any(list(tail.get(p, ())) != list(h["classes"])
+                                                for p, h in sec["parts"].items())):
+            raise ValueError(f"{folder}: the material heads combine with a material tail the model lacks, or "
+                             f"one of other classes; {fix}")
         t = load_file(str(path))
         parts = {part: PartHead(part, tuple(p["classes"]), t[f"{part}.w"], t[f"{part}.b"], float(p["temperature"]),
                                 np.asarray(p["priors"]), float(p["rho"]))
                  for part, p in sec["parts"].items()}
-        info = {k: v for k, v in sec.items() if k not in ("file", "sha256", "dim", "parts")}
-        return cls(parts, t["mu"], t["sigma"], info)
+        info = {k: v for k, v in sec.items() if k not in ("file", "sha256", "dim", "parts", "tail")}
+        return cls(parts, t["mu"], t["sigma"], info, tail)
 
 
 def as_named(probs: Mapping[str, np.ndarray]) -> dict[str, dict[str, float]]:

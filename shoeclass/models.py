@@ -20,8 +20,10 @@ features the attribute training did not tune, so two photos of one product stay 
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import logging
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -30,8 +32,8 @@ import torch.nn as nn
 from .attributes import OUTPUT_KEYS
 from .backbones import get_backbone
 
-__all__ = ["ModelConfig", "Trunk", "Heads", "LeNet", "ShoeNet", "EnsembleNet", "build_trunk", "build_model",
-           "share_stem", "state_checksum"]
+__all__ = ["ModelConfig", "Trunk", "Heads", "LeNet", "ShoeNet", "MaterialTail", "EnsembleNet", "build_trunk",
+           "build_model", "share_stem", "state_checksum"]
 
 logger = logging.getLogger(__name__)
 
@@ -90,13 +92,20 @@ class Trunk(nn.Module):
             x = block(x)
         return x  # lite0 with 8 tuned blocks: (B, 80, 14, 14); with 1: (B, 192, 7, 7)
 
-    def tail(self, x: torch.Tensor) -> torch.Tensor:
-        """EfficientNet-Lite: the stem's map -> pooled features (the blocks from ``cut``, the head
-        conv, pooling); the part ``tuned_blocks`` retrains. Equals ``extract_features`` + pooling."""
+    def blocks(self, x: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        """EfficientNet-Lite: the map entering block ``start`` -> the map entering block ``stop``."""
         b = self.body
         rate, n = b._global_params.drop_connect_rate or 0.0, len(b._blocks)
-        for idx in range(self.cut, n):
+        for idx in range(start, stop):
             x = b._blocks[idx](x, drop_connect_rate=rate * idx / n)  # drop connect acts only in training
+        return x
+
+    def tail(self, x: torch.Tensor, start: int | None = None) -> torch.Tensor:
+        """EfficientNet-Lite: the stem's map -> pooled features (the blocks from ``cut``, the head
+        conv, pooling); the part ``tuned_blocks`` retrains. Equals ``extract_features`` + pooling.
+        ``start``: the block ``x`` enters when the blocks before it already ran (default ``cut``)."""
+        b = self.body
+        x = self.blocks(x, self.cut if start is None else start, len(b._blocks))
         return self.pool(b._swish(b._bn1(b._conv_head(x))))  # map (B, 1280, 7, 7) pooled
 
     def tail_modules(self) -> list[nn.Module]:
@@ -256,6 +265,81 @@ def build_model(cfg: ModelConfig, weights: str | None = "imagenet") -> ShoeNet:
     return ShoeNet(cfg, trunk, Heads(trunk.dim, cfg))
 
 
+class MaterialTail(nn.Module):
+    """The reference trunk's blocks from ``first`` on and its head conv, tuned to read the material
+    of the upper and of the outer sole (issue 16; trained by ``shoeclass fit-materials``).
+
+    It branches off the untuned ImageNet tail that gives the photo embedding: (B, C, h, w), the map
+    entering block ``first`` -> (B, K) logits, each part's classes side by side in ``parts`` order.
+    What tuning changed is small enough to ship: every 1×1 convolution (the bulk of the weights)
+    is its ImageNet weight plus a rank-``rank`` product ``b @ a``; the batch-norm scales and
+    shifts and the output layer are its own. ``stored`` holds just those tensors (what a model
+    folder keeps, named ``<conv>.a`` / ``<conv>.b`` and as in ``state_dict``); the modules hold
+    the merged weights, so inference and export see plain convolutions.
+
+    Args:
+        reference: the untuned EfficientNet-Lite trunk it is copied from (its installed weights).
+        first: the first block of the copy (``reference.cut`` <= first < number of blocks).
+        parts: ``{part: classes}`` of its outputs (subsets of ``materials.MATERIAL_CLASSES``).
+        rank: rank of the 1×1 convolutions' deltas.
+        stored: the tuned tensors; empty: an untuned copy (deltas zero, outputs random).
+
+    Raises:
+        ValueError: a reference that is not EfficientNet-Lite, a first block out of range, or
+            ``stored`` tensors that do not fit.
+    """
+
+    def __init__(self, reference: Trunk, first: int, parts: Mapping[str, Sequence[str]], rank: int,
+                 stored: Mapping[str, torch.Tensor] | None = None) -> None:
+        super().__init__()
+        b = reference.body
+        if reference.kind != "efficientnet" or not reference.cut <= first < len(b._blocks) or rank < 1:
+            raise ValueError(f"a material tail needs an EfficientNet-Lite reference, a first block in "
+                             f"{reference.cut}..{len(b._blocks) - 1} and a rank >= 1; got {reference.kind}, {first}, {rank}")
+        self.first, self.rank, self.parts = first, rank, {p: tuple(c) for p, c in parts.items()}
+        self.blocks = nn.ModuleList(copy.deepcopy(b._blocks[i]) for i in range(first, len(b._blocks)))
+        self.conv_head, self.bn, self.act = copy.deepcopy(b._conv_head), copy.deepcopy(b._bn1), copy.deepcopy(b._swish)
+        self.dropout = nn.Dropout(0.3)
+        self.out = nn.Linear(2 * b._conv_head.out_channels, sum(len(c) for c in self.parts.values()))
+        self.stored = dict(stored or {})
+        if self.stored:
+            self._apply_stored()
+
+    def pointwise(self) -> dict[str, nn.Conv2d]:
+        """The 1×1 convolutions that learn a low-rank delta, by module name."""
+        return {n: m for n, m in self.named_modules()
+                if isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) and m.groups == 1}
+
+    def own_names(self) -> list[str]:
+        """The names of the stored tensors besides the deltas: batch-norm affines and the outputs."""
+        return [n for n, _ in self.named_parameters()
+                if n.startswith("out.") or isinstance(self.get_submodule(n.rsplit(".", 1)[0]), nn.BatchNorm2d)]
+
+    def _apply_stored(self) -> None:
+        convs, own = self.pointwise(), self.own_names()
+        expected = {f"{n}.{f}" for n in convs for f in ("a", "b")} | set(own)
+        if set(self.stored) != expected:
+            raise ValueError(f"material tail tensors do not fit: {len(set(self.stored) - expected)} unexpected, "
+                             f"{len(expected - set(self.stored))} missing (e.g. {sorted(expected ^ set(self.stored))[:2]})")
+        params = dict(self.named_parameters())
+        with torch.no_grad():
+            for n, conv in convs.items():
+                delta = self.stored[f"{n}.b"].float() @ self.stored[f"{n}.a"].float()  # (out, in)
+                conv.weight.add_(delta.view_as(conv.weight))
+            for n in own:
+                params[n].copy_(self.stored[n].float())
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, h, w) map entering block ``first`` -> (B, 2 * 1280) average and max pooled features."""
+        for block in self.blocks:
+            x = block(x)
+        m = self.act(self.bn(self.conv_head(x)))
+        return torch.cat([m.mean((2, 3)), m.amax((2, 3))], 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.dropout(self.features(x)))  # (B, K)
+
+
 class EnsembleNet(nn.Module):
     """Members sharing a frozen stem: photos -> the dict of logits averaged over members and views.
 
@@ -269,18 +353,22 @@ class EnsembleNet(nn.Module):
     tuned tails have learned to ignore all but the attributes (BENCHMARKS.md, issue 15). The
     ``features`` are the tuned tails' own (each member's, standardised as its heads read them,
     side by side): they read a material better than the untuned ones (BENCHMARKS.md, issue 16).
+    With a ``material_tail`` the ``material`` logits (:class:`MaterialTail`) come too.
 
     Args:
         members: fine-tuned :class:`ShoeNet` s of one backbone and one ``tuned_blocks``.
         flip: also run the mirrored photo (a shoe seen from its other side is the same shoe).
         reference: the untuned ImageNet trunk of the members' backbone and ``tuned_blocks``
             (``build_trunk``); None: no embedding.
+        material_tail: a :class:`MaterialTail` of ``reference``; None: no ``material`` output.
 
     Raises:
-        ValueError: no members, members of other backbones or tuned blocks, or a frozen trunk.
+        ValueError: no members, members of other backbones or tuned blocks, a frozen trunk, or a
+            material tail without a reference.
     """
 
-    def __init__(self, members: list[ShoeNet], flip: bool = True, reference: Trunk | None = None) -> None:
+    def __init__(self, members: list[ShoeNet], flip: bool = True, reference: Trunk | None = None,
+                 material_tail: MaterialTail | None = None) -> None:
         super().__init__()
         if not members:
             raise ValueError("an ensemble needs at least one member")
@@ -295,6 +383,9 @@ class EnsembleNet(nn.Module):
             if reference.cut != members[0].trunk.cut:
                 raise ValueError(f"the reference trunk must have tuned_blocks={self.cfg.tuned_blocks}")
             share_stem(members[0].trunk, reference)
+        if material_tail is not None and reference is None:
+            raise ValueError("a material tail branches off the reference trunk: pass the reference too")
+        self.material_tail = material_tail
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         views = 2 if self.flip else 1
@@ -306,8 +397,12 @@ class EnsembleNet(nn.Module):
         avg = {k: torch.stack([o[k] for o in outs]).mean(0) for k in outs[0]}  # (2B, K) each
         # what the members' tuning made of the photo, standardised as each member's heads read it
         avg["features"] = torch.cat([(f - m.heads.mu) / m.heads.sigma for m, f in zip(self.members, feats)], 1)
-        if self.reference is not None:
+        if self.reference is not None and self.material_tail is None:
             avg["embedding"] = self.reference.tail(s)  # (2B, D) untuned ImageNet features
+        elif self.reference is not None:  # the material tail branches off the untuned one
+            h = self.reference.blocks(s, self.reference.cut, self.material_tail.first)
+            avg["embedding"] = self.reference.tail(h, start=self.material_tail.first)
+            avg["material"] = self.material_tail(h)  # (2B, K) material logits
         # split by view count, not by len(x): an ONNX export then keeps the batch size free
         return {k: v.view(views, -1, v.shape[1]).mean(0) for k, v in avg.items()}  # (B, K)
 

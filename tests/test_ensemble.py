@@ -1,7 +1,9 @@
 """Ensembles of fine-tuned models (ensemble.py): the shared stem gives each member's own outputs,
-mirror images are averaged in, the float16 folder loads back, and the config trains, reuses and
-refuses members."""
+mirror images are averaged in, the float16 folder loads back, the config trains, reuses and
+refuses members, and a material tail branches off the reference trunk."""
+import csv
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -11,10 +13,13 @@ import yaml
 from safetensors.torch import load_file
 
 from shoeclass import classify_images
+from shoeclass.api import Classifier
 from shoeclass.checkpoint import load_checkpoint, save_checkpoint
-from shoeclass.models import EnsembleNet
+from shoeclass.images import load_image
+from shoeclass.materials import MATERIAL_CLASSES
+from shoeclass.models import EnsembleNet, MaterialTail, ModelConfig, build_model, build_trunk
 from shoeclass.training import train_ensemble
-from shoeclass.models import ModelConfig, build_model
+from shoeclass.training.materials import fit_materials
 
 CONFIG = Path(__file__).resolve().parent.parent / "configs" / "efficientnet_lite0.yaml"
 
@@ -122,3 +127,58 @@ def test_ensemble_config_without_members_is_refused(tmp_path):
     cfg.write_text(f"base: {CONFIG}\nmembers: []\n")
     with pytest.raises(ValueError, match="members"):
         train_ensemble(cfg)
+
+
+def test_material_tail_branches_off_the_reference_and_stores_only_what_tuning_changed():
+    ref = build_trunk("efficientnet_lite0", "imagenet", "avgmax", tuned_blocks=8)
+    parts = {"upper": ["leather", "textile"], "sole": ["rubber_plastics", "leather"]}
+    x = torch.rand(2, 3, 224, 224)
+    with torch.inference_mode():
+        h = ref.blocks(ref.stem(x), ref.cut, 11)
+        untuned = MaterialTail(ref, 11, parts, rank=2).eval()
+        # an untuned copy sees what the embedding's tail sees from block 11 on
+        torch.testing.assert_close(untuned.features(h), ref.tail(h, start=11))
+        torch.testing.assert_close(ref.tail(h, start=11), ref.tail(ref.stem(x)))
+    torch.manual_seed(0)
+    stored = {f"{n}.{f}": torch.randn(*((2, c.in_channels) if f == "a" else (c.out_channels, 2))) * 0.01
+              for n, c in untuned.pointwise().items() for f in "ab"}
+    stored.update({n: torch.randn_like(p) for n, p in untuned.named_parameters() if n in untuned.own_names()})
+    tuned = MaterialTail(ref, 11, parts, rank=2, stored=stored)
+    conv = "blocks.1._expand_conv"
+    want = ref.body._blocks[12]._expand_conv.weight + (stored[f"{conv}.b"] @ stored[f"{conv}.a"]).view(-1, 192, 1, 1)
+    torch.testing.assert_close(tuned.get_submodule(conv).weight, want)
+    assert all(v.dim() <= 2 for v in stored.values())  # deltas, affines, outputs: never a whole conv
+    with pytest.raises(ValueError, match="do not fit"):
+        MaterialTail(ref, 11, parts, rank=2, stored={k: v for k, v in stored.items() if k != f"{conv}.a"})
+    with pytest.raises(ValueError, match="first block"):
+        MaterialTail(ref, 3, parts, rank=2)
+
+
+def test_fit_materials_tunes_a_tail_that_leaves_the_attributes_and_embedding_as_they_were(
+        ensemble_config, tiny_dataset, tmp_path):
+    _, _, trained = ensemble_config
+    folder, data = tmp_path / "model", tmp_path / "data"
+    shutil.copytree(trained, folder, ignore=shutil.ignore_patterns("members"))
+    shutil.copytree(tiny_dataset, data)
+    with (data / "texts.csv").open("w", newline="") as fh:  # boots: leather on rubber; sandals: canvas on leather
+        csv.writer(fh).writerows([("image", "text")] + [
+            (f"images/p{i:03d}.jpg", ["Leather upper, rubber outsole", "Canvas upper, leather sole"][i % 3])
+            for i in range(36) if i % 3 < 2])
+    photos = [str(data / "images" / f"p{i:03d}.jpg") for i in (0, 1, 30, 31)]
+    before = Classifier(folder).predict_tensors(torch.stack([Classifier(folder).preset(load_image(p)) for p in photos]))
+    section = fit_materials(folder, data, cache_dir=tmp_path / "cache", progress=False, min_train=5, tail_epochs=2)
+    meta = json.loads((folder / "model.json").read_text())
+    assert meta["ensemble"]["material_tail"]["parts"] == {"upper": ["leather", "textile"],
+                                                          "sole": ["rubber_plastics", "leather"]}
+    assert section["tail"] is True and section["tail_training"]["epoch"] in (1, 2)
+    clf = Classifier(folder)
+    after = clf.predict_tensors(torch.stack([clf.preset(load_image(p)) for p in photos]))
+    assert after["material"].shape == (4, 4)  # two classes of each part, side by side
+    for k in ("logits", "embedding"):  # members and the embedding's tail untouched
+        np.testing.assert_allclose(after[k], before[k], rtol=1e-4, atol=1e-4)
+    for part in ("upper", "sole"):
+        np.testing.assert_allclose(after[f"materials_{part}"].sum(1), 1, rtol=1e-6)
+    state = load_file(str(folder / "model.safetensors"))
+    assert all(v.dim() <= 2 for k, v in state.items() if k.startswith("material_tail."))
+    d = classify_images(photos[:2], model=folder).to_dict()
+    assert set(d["materials"]["upper"]) == set(MATERIAL_CLASSES["upper"])

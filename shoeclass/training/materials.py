@@ -26,10 +26,11 @@ from ..attributes import OUTPUT_KEYS
 from ..data import table_outputs
 from ..labels import LabelTable, read_labels
 from ..calibration import SoftmaxTemperature
-from ..checkpoint import update_card
-from ..materials import MATERIAL_CLASSES, MaterialHeads, PartHead, head_input
+from ..checkpoint import read_metadata, resolve_path, update_card
+from ..materials import MATERIAL_CLASSES, MaterialHeads, PartHead, combine_logits, head_input
 
-__all__ = ["read_texts", "material_labels", "feature_cache", "masked_cross_entropy", "fit_heads", "fit_materials"]
+__all__ = ["read_texts", "material_labels", "feature_cache", "masked_cross_entropy", "kept_classes", "fit_heads",
+           "fit_materials"]
 
 logger = logging.getLogger(__name__)
 
@@ -103,6 +104,8 @@ def _compute(clf: Classifier, table: LabelTable, progress: bool) -> dict[str, np
                              f"material heads need the torch runtime and a model with standardised heads")
         res = {k: out[k] for k in ("logits", "gate", "suitability") if k in out}
         res.update({k: out[k].astype(np.float16) for k in ("embedding", "features") if k in out})  # (B, D)
+        if "material" in out:
+            res["material"] = out["material"]  # (B, K) the material tail's logits
         return res
 
     logger.info("computing embeddings of %d photos for %s", len(table), clf.path)
@@ -143,6 +146,13 @@ def balanced_accuracy(pred: np.ndarray, true: np.ndarray, classes: list[int]) ->
     return float(np.mean([(pred[true == c] == c).mean() for c in classes]))
 
 
+def kept_classes(lab: np.ndarray, split: np.ndarray, min_train: int = 40) -> list[int]:
+    """The classes of one part that get an output: ``min_train`` or more train labels and at
+    least one in validation (indices into ``MATERIAL_CLASSES[part]``)."""
+    tr, va = split == "train", split == "val"
+    return [c for c in range(int(lab.max(initial=-1)) + 1) if (lab[tr] == c).sum() >= min_train and (lab[va] == c).any()]
+
+
 def _fit_softmax(x: np.ndarray, t: np.ndarray, k: int, l2: float, epochs: int = 300,
                  balanced: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Softmax regression (full batch L-BFGS) on standardised features, class-balanced or not."""
@@ -169,46 +179,61 @@ L2_GRID = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0)  # strong: 7,680 features, a few thou
 
 def fit_heads(x: np.ndarray, labels: dict[str, np.ndarray], split: np.ndarray, rho: float,
               min_train: int = 40, l2_grid: tuple[float, ...] = L2_GRID,
-              balanced: bool = True) -> tuple[MaterialHeads, dict]:
+              balanced: bool = True, tail: np.ndarray | None = None,
+              tail_parts: dict[str, list[str]] | None = None) -> tuple[MaterialHeads, dict]:
     """Fit both parts' heads on the train rows of (N, D) photo embeddings ``x``, choose the L2
     strength by validation balanced accuracy and fit the temperature on validation. ``balanced``
-    weighs the classes equally in the loss (else as often as the texts name them).
+    weighs the classes equally in the loss (else as often as the texts name them). With a material
+    tail's (N, K) logits ``tail`` (classes per part ``tail_parts``, as ``kept_classes`` chose them)
+    the L2 strength, temperature and metrics are those of the heads combined with it.
 
     Classes with fewer than ``min_train`` train labels (or none in validation) get no output.
-    Returns the heads and a summary (class counts per split, validation and test metrics)."""
+    Returns the heads and a summary (class counts per split, validation and test metrics).
+
+    Raises:
+        ValueError: ``tail_parts`` whose classes are not the ones the heads keep."""
     e = np.asarray(x, dtype=np.float32)
     e = e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)  # as MaterialHeads.standardise
     tr, va, te = (split == s for s in ("train", "val", "test"))
     mu, sigma = e[tr].mean(0), e[tr].std(0) + 1e-6
-    heads = MaterialHeads({}, mu, sigma)
+    heads = MaterialHeads({}, mu, sigma, tail=tail_parts if tail is not None else None)
     z = heads.standardise(e)
+    tails = heads.split_tail(tail, len(z))
     parts, summary = {}, {"counts": {}, "val": {}, "test": {}, "l2": {}}
     for part, lab in labels.items():
         names = MATERIAL_CLASSES[part]
         summary["counts"][part] = {s: {names[c]: int((lab[split == s] == c).sum()) for c in range(len(names))}
                                    for s in ("train", "val", "test")}
-        keep = [c for c in range(len(names)) if (lab[tr] == c).sum() >= min_train and (lab[va] == c).sum() > 0]
+        keep = kept_classes(lab, split, min_train)
         if len(keep) < 2:
             logger.warning("%s: fewer than two classes with %d train labels; no head", part, min_train)
             continue
+        if tails and list(heads.tail.get(part, ())) != [names[c] for c in keep]:
+            raise ValueError(f"the material tail's {part} classes {heads.tail.get(part)} are not the heads' "
+                             f"{[names[c] for c in keep]}: tune the tail on the same labels")
+
+        def scores(rows: np.ndarray, w: np.ndarray, b: np.ndarray, tp=tails.get(part)) -> np.ndarray:
+            """What ``PartHead.logits`` computes (with the tail's logits when given)."""
+            return combine_logits(z[rows] @ w + b, None if tp is None else tp[rows])
+
         remap = np.full(len(names) + 1, -1)
         remap[keep] = np.arange(len(keep))
         t = remap[lab]  # -1: masked or a class without an output
         best = None
         for l2 in l2_grid:
             w, b = _fit_softmax(z[tr], t[tr], len(keep), l2, balanced=balanced)
-            pred = (z[va] @ w + b).argmax(1)
+            pred = scores(va, w, b).argmax(1)
             score = balanced_accuracy(pred[t[va] >= 0], t[va][t[va] >= 0], list(range(len(keep))))
             logger.info("%s l2=%g val balanced accuracy %.4f", part, l2, score)
             if best is None or score > best[0]:
                 best = (score, l2, w, b)
         score, l2, w, b = best
-        temp = SoftmaxTemperature().fit(z[va] @ w + b, t[va]).temperature_
+        temp = SoftmaxTemperature().fit(scores(va, w, b), t[va]).temperature_
         counts = np.bincount(t[tr][t[tr] >= 0], minlength=len(keep)).astype(np.float64)
         parts[part] = PartHead(part, tuple(names[c] for c in keep), w, b, float(temp), counts / counts.sum(), rho)
         summary["l2"][part] = l2
         summary["val"][part] = {"balanced_accuracy": round(score, 4)}
-        pt = (z[te] @ w + b).argmax(1)
+        pt = scores(te, w, b).argmax(1)
         known = t[te] >= 0
         if known.any():
             summary["test"][part] = {"balanced_accuracy": round(balanced_accuracy(
@@ -219,16 +244,30 @@ def fit_heads(x: np.ndarray, labels: dict[str, np.ndarray], split: np.ndarray, r
 
 def fit_materials(model: str | Path | None, data: str | Path, cache_dir: str | Path = ".cache/materials",
                   progress: bool = True, max_train: int | None = None, min_train: int = 40,
-                  balanced: bool = True) -> dict:
+                  balanced: bool = True, tail_epochs: int = 15) -> dict:
     """Fit the material heads of a model folder and store them there (``materials.safetensors``
     and the ``materials`` section of its card, resealed); returns that section plus its ``path``.
     ``max_train`` fits on at most that many train photos (CPU budget: those already in the feature
     cache first, then a fixed pseudo-random order); ``min_train`` is the fewest train labels a
     class needs to get an output.
 
+    First, for an ensemble with ``tail_epochs`` > 0, its material tail is tuned on the same photos
+    (:mod:`shoeclass.training.material_tail`) and its int8 graph, if it had one, made again
+    (``shoeclass quantize``, from ``data``'s validation photos); ``tail_epochs=0`` keeps the
+    model's tail as it is (or none). The heads then combine with the tail's logits.
+
     Raises:
         FileNotFoundError: no texts.csv in ``data``.
     """
+    tail_summary = None
+    if tail_epochs and "ensemble" in read_metadata(model):
+        from .material_tail import tune_material_tail
+        from .quantize import quantize_model
+
+        had_int8 = bool(read_metadata(model).get("int8"))
+        tail_summary = tune_material_tail(model, data, epochs=tail_epochs, min_train=min_train, progress=progress)
+        if had_int8:
+            quantize_model(resolve_path(model), data)
     clf = Classifier(model, materials=False)  # the default runtime: the embeddings inference will read
     table, labels = material_labels(data)
     if max_train is not None:  # CPU budget: photos already cached first, then others in a fixed order
@@ -243,10 +282,14 @@ def fit_materials(model: str | Path | None, data: str | Path, cache_dir: str | P
     fusion = (clf.meta.get("decision") or {}).get("fusion")
     # The attributes' photo correlation (median over outputs): the same photos, the same dependence.
     rho = float(np.median(fusion["rho"])) if fusion else 1.0
-    heads, summary = fit_heads(head_input(out), labels, table.split, rho, min_train=min_train, balanced=balanced)
+    spec = (clf.meta.get("ensemble") or {}).get("material_tail")
+    heads, summary = fit_heads(head_input(out), labels, table.split, rho, min_train=min_train, balanced=balanced,
+                               tail=out.get("material") if spec else None, tail_parts=spec["parts"] if spec else None)
     heads.info = {"model_sha256": clf.meta["sha256"], "data": Path(data).name, "photos": int(len(table)),
                   "train_photos": int((table.split == "train").sum()), "max_train": max_train, "balanced": balanced,
                   "rules": "configs/keywords.yaml materials", "metrics": summary}
+    if tail_summary is not None:
+        heads.info["tail_training"] = tail_summary
     section = heads.save(clf.path)
     update_card(clf.path, {"materials": section})
     logger.info("material heads written to %s", clf.path)
