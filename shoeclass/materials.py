@@ -175,8 +175,9 @@ class MaterialHeads:
             return {}
         width = sum(len(c) for c in self.tail.values())
         if tail is None or np.shape(tail) != (n, width):
+            got = None if tail is None else np.shape(tail)
             raise ValueError(f"these material heads combine with the network's material logits ({n}, {width}), "
-                             f"got {None if tail is None else np.shape(tail)}: run the model folder they were fitted in")
+                             f"got {got}: run the model folder they were fitted in")
         out, at = {}, 0
         for part, classes in self.tail.items():
             out[part], at = np.asarray(tail)[:, at:at + len(classes)], at + len(classes)

@@ -295,7 +295,8 @@ class MaterialTail(nn.Module):
         b = reference.body
         if reference.kind != "efficientnet" or not reference.cut <= first < len(b._blocks) or rank < 1:
             raise ValueError(f"a material tail needs an EfficientNet-Lite reference, a first block in "
-                             f"{reference.cut}..{len(b._blocks) - 1} and a rank >= 1; got {reference.kind}, {first}, {rank}")
+                             f"{reference.cut}..{len(b._blocks) - 1} and a rank >= 1; "
+                             f"got {reference.kind}, {first}, {rank}")
         self.first, self.rank, self.parts = first, rank, {p: tuple(c) for p, c in parts.items()}
         self.blocks = nn.ModuleList(copy.deepcopy(b._blocks[i]) for i in range(first, len(b._blocks)))
         self.conv_head, self.bn, self.act = copy.deepcopy(b._conv_head), copy.deepcopy(b._bn1), copy.deepcopy(b._swish)
@@ -319,8 +320,9 @@ class MaterialTail(nn.Module):
         convs, own = self.pointwise(), self.own_names()
         expected = {f"{n}.{f}" for n in convs for f in ("a", "b")} | set(own)
         if set(self.stored) != expected:
+            odd = sorted(expected ^ set(self.stored))
             raise ValueError(f"material tail tensors do not fit: {len(set(self.stored) - expected)} unexpected, "
-                             f"{len(expected - set(self.stored))} missing (e.g. {sorted(expected ^ set(self.stored))[:2]})")
+                             f"{len(expected - set(self.stored))} missing (e.g. {odd[:2]})")
         params = dict(self.named_parameters())
         with torch.no_grad():
             for n, conv in convs.items():

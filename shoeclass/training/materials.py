@@ -150,7 +150,8 @@ def kept_classes(lab: np.ndarray, split: np.ndarray, min_train: int = 40) -> lis
     """The classes of one part that get an output: ``min_train`` or more train labels and at
     least one in validation (indices into ``MATERIAL_CLASSES[part]``)."""
     tr, va = split == "train", split == "val"
-    return [c for c in range(int(lab.max(initial=-1)) + 1) if (lab[tr] == c).sum() >= min_train and (lab[va] == c).any()]
+    return [c for c in range(int(lab.max(initial=-1)) + 1)
+            if (lab[tr] == c).sum() >= min_train and (lab[va] == c).any()]
 
 
 def _fit_softmax(x: np.ndarray, t: np.ndarray, k: int, l2: float, epochs: int = 300,
