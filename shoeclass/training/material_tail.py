@@ -30,6 +30,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.utils.parametrize as parametrize
+from tqdm.auto import tqdm
 
 from ..api import Classifier
 from ..checkpoint import save_checkpoint
@@ -108,8 +109,9 @@ def tune_material_tail(model: str | Path | None, data: str | Path, *, first: int
     opt = torch.optim.AdamW(groups, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[lr, 10 * lr], total_steps=steps, pct_start=0.15)
     weights = {part: _balanced_weights(t[train]) for part, t in targets.items()}
-    best: tuple[float, dict, int] | None = None
-    for epoch in range(1, epochs + 1):
+    best: tuple[float, dict] | None = None
+    bar = tqdm(range(1, epochs + 1), desc="material tail", unit="epoch", disable=not progress)
+    for epoch in bar:
         tail.train()
         for mod in tail.modules():  # ImageNet batch-norm statistics
             if isinstance(mod, nn.BatchNorm2d):
@@ -127,8 +129,9 @@ def tune_material_tail(model: str | Path | None, data: str | Path, *, first: int
             sched.step()
         scores = {s: _scores(tail, maps, targets, parts, split == s) for s in ("val", "test")}
         logger.info("material tail epoch %d: val %s, test %s", epoch, scores["val"], scores["test"])
+        bar.set_postfix(val_upper=scores["val"]["upper"])
         if best is None or scores["val"]["upper"] > best[0]:
-            best = (scores["val"]["upper"], {"epoch": epoch, **scores}, epoch)
+            best = (scores["val"]["upper"], {"epoch": epoch, **scores})
             stored = _stored(tail, own)
     final = MaterialTail(ref, first, parts, rank, stored).eval()
     meta = {k: v for k, v in clf.meta.items() if k not in ("int8", "materials")}  # made from the model without it
