@@ -51,7 +51,7 @@ def test_onnx_graph_gives_the_pytorch_outputs_of_the_shipped_model_on_the_exampl
     want = TorchRuntime(net, bf16=False)(examples)
     onnx = OnnxRuntime(cached_onnx(net, meta))
     got, alone = onnx(examples), onnx(examples[2:3])  # the batch size stays free
-    assert set(got) == set(want) == {"logits", "gate", "suitability", "embedding", "features"}
+    assert set(got) == set(want) == {"logits", "gate", "suitability", "embedding", "features", "material"}
     for k in want:
         np.testing.assert_allclose(got[k], want[k], rtol=1e-3, atol=1e-3)
         np.testing.assert_allclose(alone[k], want[k][2:3], rtol=1e-3, atol=1e-3)

@@ -37,7 +37,7 @@ from ..checkpoint import save_checkpoint
 from ..data import table_outputs
 from ..materials import MATERIAL_CLASSES
 from ..models import EnsembleNet, MaterialTail
-from .materials import balanced_accuracy, kept_classes, material_labels
+from .material_labels import balanced_accuracy, kept_classes, material_labels
 
 __all__ = ["tune_material_tail"]
 

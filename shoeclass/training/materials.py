@@ -1,17 +1,19 @@
 """Fitting the material heads (``shoeclass fit-materials``): text-labelled photos -> heads in a model folder.
 
 1. Weak labels: the product texts of ``texts.csv`` through the keyword rules' material section
-   (``configs/keywords.yaml``, ``scraper.keywords``): upper and sole class, or unknown (masked).
+   (:mod:`shoeclass.training.material_labels`): upper and sole class, or unknown (masked).
 2. Features: every text-labelled photo through the model folder once (the photo embedding
    ``Classifier.predict_tensors`` gives, plus its attribute outputs), cached under ``.cache/``
    keyed by the model's checksum, so heads can be refitted without the trunk.
 3. Heads: one softmax per part on the train split (masked cross-entropy, class-balanced), its
    temperature fitted on the val split; written to ``materials.safetensors`` and the
    ``materials`` section of the model card, resealed (see :mod:`shoeclass.materials`).
+
+An ensemble's material tail is tuned before step 2 (:mod:`shoeclass.training.material_tail`), so
+the features of step 2 carry its logits, which the heads combine with.
 """
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import logging
@@ -21,31 +23,17 @@ import numpy as np
 import torch
 
 from ..api import Classifier
-from ..assets import load_scraper
-from ..attributes import OUTPUT_KEYS
 from ..data import table_outputs
-from ..labels import LabelTable, read_labels
+from ..labels import LabelTable
 from ..calibration import SoftmaxTemperature
 from ..checkpoint import read_metadata, resolve_path, update_card
 from ..materials import MATERIAL_CLASSES, MaterialHeads, PartHead, combine_logits, head_input
+from .material_labels import balanced_accuracy, kept_classes, material_labels, read_texts
 
-__all__ = ["read_texts", "material_labels", "feature_cache", "masked_cross_entropy", "kept_classes", "fit_heads",
-           "fit_materials"]
+__all__ = ["read_texts", "material_labels", "feature_cache", "masked_cross_entropy", "balanced_accuracy",
+           "kept_classes", "fit_heads", "fit_materials"]
 
 logger = logging.getLogger(__name__)
-
-
-def read_texts(data: str | Path) -> dict[str, str]:
-    """``texts.csv`` of a data folder: image path -> product text.
-
-    Raises:
-        FileNotFoundError: no texts.csv in ``data``.
-    """
-    path = Path(data) / "texts.csv"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no texts.csv; the material heads learn from product texts")
-    with path.open(encoding="utf-8", newline="") as fh:
-        return {row["image"]: row["text"] or "" for row in csv.DictReader(fh)}
 
 
 def _cache_path(clf: Classifier, cache_dir: str | Path) -> Path:
@@ -113,25 +101,6 @@ def _compute(clf: Classifier, table: LabelTable, progress: bool) -> dict[str, np
                          desc="material features")
 
 
-def material_labels(data: str | Path, rules=None) -> tuple[LabelTable, dict[str, np.ndarray]]:
-    """The footwear photos of ``data`` whose product text names a material, and their weak labels:
-    per part (``upper``, ``sole``) an (N,) array of class indices into ``MATERIAL_CLASSES[part]``,
-    -1 where the text does not say (the mask)."""
-    rules = rules or load_scraper("keywords").KeywordRules.from_yaml()
-    table = read_labels(data, check_images=False)
-    texts = read_texts(data)
-    footwear = table.y[:, OUTPUT_KEYS.index("not_footwear")] != 1.0
-    labels = {part: np.full(len(table), -1, np.int64) for part in MATERIAL_CLASSES}
-    for i, image in enumerate(table.image):
-        if footwear[i] and image in texts:
-            found, _ = rules.materials(texts[image])
-            for part, cls in found.items():
-                if cls is not None:
-                    labels[part][i] = MATERIAL_CLASSES[part].index(cls)
-    keep = np.any([v >= 0 for v in labels.values()], axis=0)
-    return table.subset(keep), {part: v[keep] for part, v in labels.items()}
-
-
 def masked_cross_entropy(logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
     """Mean cross-entropy over the rows whose ``target`` is a class (>= 0); -1 is the mask (the
     text did not say). ``weights`` (K,) reweights classes. 0 when every row is masked."""
@@ -139,19 +108,6 @@ def masked_cross_entropy(logits: torch.Tensor, target: torch.Tensor, weights: to
     if not keep.any():
         return logits.sum() * 0.0
     return torch.nn.functional.cross_entropy(logits[keep], target[keep], weight=weights)
-
-
-def balanced_accuracy(pred: np.ndarray, true: np.ndarray, classes: list[int]) -> float:
-    """Mean recall over ``classes`` (rows of other true classes are ignored)."""
-    return float(np.mean([(pred[true == c] == c).mean() for c in classes]))
-
-
-def kept_classes(lab: np.ndarray, split: np.ndarray, min_train: int = 40) -> list[int]:
-    """The classes of one part that get an output: ``min_train`` or more train labels and at
-    least one in validation (indices into ``MATERIAL_CLASSES[part]``)."""
-    tr, va = split == "train", split == "val"
-    return [c for c in range(int(lab.max(initial=-1)) + 1)
-            if (lab[tr] == c).sum() >= min_train and (lab[va] == c).any()]
 
 
 def _fit_softmax(x: np.ndarray, t: np.ndarray, k: int, l2: float, epochs: int = 300,
