@@ -79,7 +79,8 @@ class Classifier:
     def network_outputs(self, x: torch.Tensor, stop: threading.Event | None = None) -> dict[str, np.ndarray]:
         """What the network returns for a (B, 3, 224, 224) batch, batch by batch through the
         runtime: ``logits`` (B, 14), ``gate`` (B, C) and ``suitability`` (B, 14) logits when the
-        model has them, the raw ``embedding`` (B, D).
+        model has them, the raw ``embedding`` (B, D), an ensemble's ``features`` and, with a
+        material tail, its ``material`` logits.
 
         Raises:
             Cancelled: ``stop`` was set (checked between batches).

@@ -2,9 +2,10 @@
 
 The graph maps a (B, 3, 224, 224) batch of normalised photos to the same per-photo outputs as
 the PyTorch network (``logits`` (B, 14), ``gate`` (B, C) and ``suitability`` (B, 14) when the
-model has them, and the photo ``embedding`` (B, D)). For an ensemble it holds the shared frozen stem once, every member's tail and
-heads, and the mirror view, averaged inside the graph exactly as :class:`~shoeclass.ensemble.EnsembleNet`
-does. The batch size stays free.
+model has them, the photo ``embedding`` (B, D), and from an ensemble its ``features`` and, with a
+material tail, the ``material`` logits). For an ensemble it holds the shared frozen stem once,
+every member's tail and heads, and the mirror view, averaged inside the graph exactly as
+:class:`~shoeclass.ensemble.EnsembleNet` does. The batch size stays free.
 
 Export uses ``torch.onnx.export(dynamo=True)`` (the TorchScript exporter mistranslates the
 EfficientNet-Lite blocks here: its outputs differed by the whole logit range). An export of a model
