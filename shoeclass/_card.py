@@ -209,9 +209,10 @@ def _int8(sec: dict) -> None:
 
 def _material_tail(sec: dict) -> None:
     where = "ensemble.material_tail."
-    for key in ("first", "rank"):
-        if _get(sec, key, int, where) < (0 if key == "first" else 1):
-            raise _Bad(where + key, f"must be {'>= 0' if key == 'first' else '>= 1'}, got {sec[key]}")
+    if _get(sec, "first", int, where) < 0:
+        raise _Bad(where + "first", f"must be a block index >= 0, got {sec['first']}")
+    if _get(sec, "rank", int, where) < 1:
+        raise _Bad(where + "rank", f"must be >= 1, got {sec['rank']}")
     parts = _get(sec, "parts", dict, where)
     if not parts or set(parts) - set(MATERIAL_CLASSES):
         raise _Bad(where + "parts", f"must hold one or more of {list(MATERIAL_CLASSES)}, got {sorted(parts)}")

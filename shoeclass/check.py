@@ -83,7 +83,8 @@ def check_code(probs: Mapping[str, float], code: str, facts: DeclaredFacts | Map
                for n in hidden]
     # Likewise inside a material class the photos read as one (rubber or plastics, wood or cork):
     # the code says which value, and the class's probability goes to it.
-    tests = _tested_values(rules, _path(rules, digits))
+    chain = _path(rules, digits)
+    tests = _tested_values(rules, chain)
     groups = [(n, vals) for n, var in rules.variables.items() if var.field in given and stated.get(var.field) is None
               for vals in (tuple(dict.fromkeys(var.from_fact(v) for v in g)) for g in unresolved_values(var.field))
               if any(0 < len(set(vals) & allowed) < len(vals) for allowed in tests.get(n, ()))]
@@ -95,7 +96,7 @@ def check_code(probs: Mapping[str, float], code: str, facts: DeclaredFacts | Map
         if q > best:
             best, implied, chosen = q, assign, trial
     dists = chosen
-    rat = _rationale(rules, _path(rules, digits), digits, best, dists, p, stated, given)
+    rat = _rationale(rules, chain, digits, best, dists, p, stated, given)
 
     def source(name: str) -> str:
         var = rules.variables[name]

@@ -245,7 +245,8 @@ def load_checkpoint(path: str | Path | None = None,
                                     {k.removeprefix("material_tail."): v for k, v in state.items()
                                      if k.startswith("material_tail.")})
             if sum(len(_trainable(m)) for m in members) + len(tail.stored if tail else ()) != len(state):
-                raise KeyError(f"{len(state)} tensors for {len(members)} members{' and a material tail' * bool(tail)}")
+                raise KeyError(f"{len(state)} tensors for {len(members)} members"
+                               f"{' and a material tail' * bool(tail)}")
             return EnsembleNet(members, meta["ensemble"]["flip"], reference, tail).eval(), meta
         return _build(ModelConfig(**meta["model"]), state, trunk_weights, meta, folder).eval(), meta
     except CheckpointError:

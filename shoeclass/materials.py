@@ -15,8 +15,8 @@ ensemble, its ``features`` beside it (what the tuned tails make of the photo, un
 read leather better), standardised once more on the training photos. A model with a material tail
 (``models.MaterialTail``: the ImageNet tail's last blocks tuned on the materials) also gives
 ``material`` logits; each part's probability is then the geometric mean of the head's softmax and
-the tail's. Temperature-calibrated on validation. Items fuse their photos with the Bayesian fusion of the attributes (``fusion.py``),
-one class against the rest, renormalised. The heads live beside the model they were fitted on:
+the tail's. Temperature-calibrated on validation. Items fuse their photos with the Bayesian fusion
+of the attributes (``fusion.py``), one class against the rest, renormalised. The heads live beside the model they were fitted on:
 ``materials.safetensors`` and the ``materials`` section of the model card (classes, temperature,
 priors, the checksum of the tensor file), so the card checksum covers them;
 ``shoeclass fit-materials`` writes them (:mod:`shoeclass.training.materials`).
@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,8 +39,8 @@ from safetensors.numpy import load_file, save_file
 from .fusion import BayesianFusion
 from .tariff import load_tariff_rules
 
-__all__ = ["MATERIAL_CLASSES", "TENSORS", "PartHead", "MaterialHeads", "combine_logits", "tariff_prior", "as_named",
-           "unresolved_values"]
+__all__ = ["MATERIAL_CLASSES", "TENSORS", "PartHead", "MaterialHeads", "combine_logits", "split_by_part",
+           "tariff_prior", "as_named", "unresolved_values"]
 
 logger = logging.getLogger(__name__)
 
@@ -118,6 +118,15 @@ def combine_logits(head: np.ndarray, tail: np.ndarray | None) -> np.ndarray:
     return (_log_softmax(np.asarray(head, np.float64)) + _log_softmax(np.asarray(tail, np.float64))) / 2
 
 
+def split_by_part(logits, parts: Mapping[str, Sequence[str]]) -> dict:
+    """(B, K) material logits (an array or a tensor), each part's classes side by side in ``parts``
+    order (``models.MaterialTail``) -> ``{part: (B, K_part)}``."""
+    out, at = {}, 0
+    for part, classes in parts.items():
+        out[part], at = logits[:, at:at + len(classes)], at + len(classes)
+    return out
+
+
 def _log_softmax(s: np.ndarray) -> np.ndarray:
     s = s - s.max(1, keepdims=True)
     return s - np.log(np.exp(s).sum(1, keepdims=True))
@@ -178,10 +187,7 @@ class MaterialHeads:
             got = None if tail is None else np.shape(tail)
             raise ValueError(f"these material heads combine with the network's material logits ({n}, {width}), "
                              f"got {got}: run the model folder they were fitted in")
-        out, at = {}, 0
-        for part, classes in self.tail.items():
-            out[part], at = np.asarray(tail)[:, at:at + len(classes)], at + len(classes)
-        return out
+        return split_by_part(np.asarray(tail), self.tail)
 
     def item_probs(self, photo_probs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Per part, the (M, K) photo probabilities of one item fused into (K,)."""

@@ -165,7 +165,8 @@ def test_fit_materials_tunes_a_tail_that_leaves_the_attributes_and_embedding_as_
             (f"images/p{i:03d}.jpg", ["Leather upper, rubber outsole", "Canvas upper, leather sole"][i % 3])
             for i in range(36) if i % 3 < 2])
     photos = [str(data / "images" / f"p{i:03d}.jpg") for i in (0, 1, 30, 31)]
-    before = Classifier(folder).predict_tensors(torch.stack([Classifier(folder).preset(load_image(p)) for p in photos]))
+    untuned = Classifier(folder)
+    before = untuned.predict_tensors(torch.stack([untuned.preset(load_image(p)) for p in photos]))
     section = fit_materials(folder, data, cache_dir=tmp_path / "cache", progress=False, min_train=5, tail_epochs=2)
     meta = json.loads((folder / "model.json").read_text())
     assert meta["ensemble"]["material_tail"]["parts"] == {"upper": ["leather", "textile"],

@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 from ..api import Classifier
 from ..checkpoint import save_checkpoint
 from ..data import table_outputs
-from ..materials import MATERIAL_CLASSES
+from ..materials import MATERIAL_CLASSES, split_by_part
 from ..models import EnsembleNet, MaterialTail
 from .material_labels import balanced_accuracy, kept_classes, material_labels
 
@@ -120,7 +120,7 @@ def tune_material_tail(model: str | Path | None, data: str | Path, *, first: int
         for i in range(0, len(order), batch):
             rows = torch.from_numpy(order[i:i + batch])
             view = torch.from_numpy(rng.integers(0, 2, len(rows)))
-            logits = _by_part(tail(maps[rows, view].float()), parts)
+            logits = split_by_part(tail(maps[rows, view].float()), parts)
             loss = sum(nn.functional.cross_entropy(logits[p], targets[p][rows], weight=weights[p], ignore_index=-1)
                        for p in parts if (targets[p][rows] >= 0).any())
             opt.zero_grad()
@@ -156,13 +156,6 @@ def _maps(clf: Classifier, table, first: int, progress: bool) -> torch.Tensor:
                                           desc="material tail maps")["maps"])
 
 
-def _by_part(logits: torch.Tensor, parts: dict[str, list[str]]) -> dict[str, torch.Tensor]:
-    out, at = {}, 0
-    for part, classes in parts.items():
-        out[part], at = logits[:, at:at + len(classes)], at + len(classes)
-    return out
-
-
 def _balanced_weights(t: torch.Tensor) -> torch.Tensor:
     known = t[t >= 0]
     counts = torch.bincount(known, minlength=int(known.max()) + 1).float()
@@ -177,7 +170,7 @@ def _scores(tail: MaterialTail, maps: torch.Tensor, targets: dict, parts: dict, 
     chunks = [torch.from_numpy(r) for r in np.array_split(rows, max(1, len(rows) // 256))]
     logits = torch.cat([(tail(maps[r, 0].float()) + tail(maps[r, 1].float())) / 2 for r in chunks])
     out = {}
-    for part, lg in _by_part(logits, parts).items():
+    for part, lg in split_by_part(logits, parts).items():
         t = targets[part][rows].numpy()
         known = t >= 0
         classes = [c for c in range(len(parts[part])) if (t[known] == c).sum() >= 10]

@@ -216,12 +216,12 @@ def fit_materials(model: str | Path | None, data: str | Path, cache_dir: str | P
     Raises:
         FileNotFoundError: no texts.csv in ``data``.
     """
-    tail_summary = None
-    if tail_epochs and "ensemble" in read_metadata(model):
+    tail_summary, meta = None, read_metadata(model)
+    if tail_epochs and "ensemble" in meta:
         from .material_tail import tune_material_tail
         from .quantize import quantize_model
 
-        had_int8 = bool(read_metadata(model).get("int8"))
+        had_int8 = bool(meta.get("int8"))
         tail_summary = tune_material_tail(model, data, epochs=tail_epochs, min_train=min_train, progress=progress)
         if had_int8:
             quantize_model(resolve_path(model), data)
